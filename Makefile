@@ -1,0 +1,40 @@
+# Every target sets itself up: a fresh clone needs only python3 (3.10+) and this Makefile.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export SAGEMAKER_SUPPRESS_V2_WARNING := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: run test lint bench definition sample-data clean
+
+$(STAMP): requirements.txt requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements.lock
+	touch $(STAMP)
+
+## run: the main job: bundled real digits through every step of the pipeline, locally
+run: $(STAMP)
+	$(PY) -m pipeline sample-data --out data/digits
+	$(PY) -m pipeline run-local --data data/digits --demo
+
+## test: ruff, then the whole test suite
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+## bench: speed and memory, as ratios measured in the same run (writes bench/results/)
+bench: $(STAMP)
+	$(PY) bench/bench.py
+
+definition: $(STAMP)
+	$(PY) -m pipeline definition
+
+sample-data: $(STAMP)
+	$(PY) -m pipeline sample-data --out data/digits
+
+clean:
+	rm -rf .store runs data .pytest_cache .ruff_cache
