@@ -1,0 +1,68 @@
+"""The ``deploy`` LambdaStep, run locally: what ``entrypoints/deploy_endpoint.py`` does in AWS, on this machine.
+
+In AWS the Lambda creates or updates a SageMaker endpoint from the registered model package. Locally the step
+looks the package up in the local registry (checking the archive's SHA-256), and, when it is ``Approved``,
+starts the local endpoint on the package's ``model.tar.gz`` (through the archive's own ``code/inference.py``),
+waits for ``GET /ping`` to answer 200, sends nothing else and stops it: the step proves the package serves.
+``run-local --demo`` starts it again afterwards and keeps it up while it sends test images.
+
+Outputs (the LambdaStep's ``OutputParameters``, as the real handler returns them): ``endpoint_name``,
+``status`` (``InService`` locally once /ping answered, ``Skipped`` for a package that is not Approved),
+``endpoint_url`` and ``model_package_arn``. Without the ``serve`` command in this checkout the step is
+``Skipped`` with that reason.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from pipeline.local.endpoint import EndpointError, LocalEndpoint, server_available
+from pipeline.local.registry import resolve_model_package
+
+if TYPE_CHECKING:
+    from pipeline.local.executor import LocalExecution, StepNode
+
+_PACKAGE_ARN = re.compile(r":model-package/[^/]+/\d+$")
+
+
+def _outputs(node: StepNode, values: dict) -> dict:
+    declared = [o.get("OutputName") for o in node.spec.get("OutputParameters") or []]
+    return {name: str(values.get(name, "")) for name in declared} | {k: str(v) for k, v in values.items()}
+
+
+def run_deploy(execution: LocalExecution, node: StepNode, arguments: dict) -> dict:
+    """Run the deploy step; returns the step's outcome fields (StepStatus, Properties, Detail...)."""
+    arn = arguments.get("model_package_arn") or next(
+        (v for v in arguments.values() if isinstance(v, str) and _PACKAGE_ARN.search(v)), None)
+    if not arn:
+        return {"StepStatus": "Failed", "FailureReason": f"Lambda {node.name}: no model package ARN among its inputs "
+                f"({', '.join(arguments)}); local mode runs the deploy function only"}  # fmt: skip
+    endpoint_name = str(arguments.get("endpoint_name") or node.name)
+    package = resolve_model_package(execution.store.root, arn)
+    description = package["description"]
+    values = {"endpoint_name": endpoint_name, "model_package_arn": arn}
+    base = {"FunctionArn": node.spec.get("FunctionArn"), "Arguments": arguments,
+            "ModelDataUrl": str(package["model_path"]), "ModelDataSha256": package["sha256"]}  # fmt: skip
+    if description.get("ModelApprovalStatus") != "Approved":
+        values["status"] = "Skipped"
+        reason = f"model package approval status is {description.get('ModelApprovalStatus')}, not Approved"
+        return {"StepStatus": "Succeeded", "Properties": {**base, "OutputParameters": _outputs(node, values),
+                "Reason": reason}, "Detail": reason}  # fmt: skip
+    if not server_available():
+        reason = "no local server in this checkout (pipeline/commands/serving.py): the endpoint was not started"
+        return {"StepStatus": "Skipped", "FailureReason": None, "Detail": reason,
+                "Properties": {**base, "OutputParameters": _outputs(node, {**values, "status": "Skipped"}),
+                               "Reason": reason}}  # fmt: skip
+    endpoint = LocalEndpoint(package["model_path"], execution.jobs_dir / f"{endpoint_name}-endpoint.log",
+                             sha256=package["sha256"], model_version=arn)
+    execution.update_step(node.name, Detail=f"starting endpoint {endpoint_name} on {endpoint.url}")
+    try:
+        with endpoint:
+            values.update(status="InService", endpoint_url=endpoint.url)
+    except EndpointError as error:
+        return {"StepStatus": "Failed", "FailureReason": f"endpoint {endpoint_name}: {error}"}
+    serve = f"python -m pipeline serve --model {arn} --store {execution.store.root}"
+    return {"StepStatus": "Succeeded", "Detail": f"{endpoint_name} answered /ping on {endpoint.url} (stopped)",
+            "Properties": {**base, "OutputParameters": _outputs(node, values), "ServeCommand": serve,
+                           "EndpointLog": str(endpoint.log_path)}}  # fmt: skip

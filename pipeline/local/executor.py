@@ -1,0 +1,620 @@
+"""Run a SageMaker pipeline definition (the JSON, not the Python objects) on this machine.
+
+:class:`LocalExecution` walks the definition's steps in dependency order (``DependsOn`` plus every
+``Get: Steps.<name>...`` reference; a ConditionStep's branch steps depend on it), runs independent steps in
+parallel up to the CPU count, and records everything in ``<runs>/<execution id>/``:
+
+- ``execution.json``: the execution and each step's status, times, properties and failure reason (schema in
+  docs/local-mode.md), rewritten atomically after every change;
+- ``definition.json`` and the parameters it ran with (what ``--resume`` reuses);
+- ``jobs/<job name>.log``: each job's output; ``tuning/<step>/optuna.journal``: the tuning trials.
+
+Step types: Processing, Training, Tuning (:mod:`pipeline.local.jobs`, :mod:`pipeline.local.tuning`), Condition,
+Fail, RegisterModel (:mod:`pipeline.local.registry`), Model (recorded) and Lambda (the ``deploy`` function, run
+locally by :mod:`pipeline.local.deploy`). Step caching follows each step's ``CacheConfig``: a step whose type,
+resolved arguments and input contents (SHA-256 of what is behind each input URI) match an earlier successful
+execution within ``ExpireAfter`` is not run again; its properties are reused (``CacheHit`` in execution.json).
+
+Statuses are SageMaker's (``Executing``, ``Succeeded``, ``Failed``, ``Stopped``) plus two local ones for steps that
+did not run: ``Skipped`` (a ConditionStep branch not taken, or a deploy with no local server) and ``NotStarted``
+(an upstream step failed).
+"""
+
+from __future__ import annotations
+
+import graphlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline.local import expressions
+from pipeline.local.expressions import Context, ExpressionError
+from pipeline.local.jobs import JobContext, JobError, JobResult, run_processing_job, run_training_job
+from pipeline.local.registry import ModelRegistry, RegistryError
+from pipeline.local.store import Store, StoreError, atomic_write_json
+from pipeline.local.tuning import run_tuning_job
+
+SUCCEEDED, FAILED, EXECUTING, STOPPED, SKIPPED, NOT_STARTED = (
+    "Succeeded", "Failed", "Executing", "Stopped", "Skipped", "NotStarted"
+)  # fmt: skip
+DONE = (SUCCEEDED, FAILED, STOPPED, SKIPPED, NOT_STARTED)
+CACHE_FOLDER = ".cache"
+SUPPORTED_TYPES = ("Processing", "Training", "Tuning", "Condition", "Fail", "RegisterModel", "Model", "Lambda")
+_DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
+
+
+class ExecutionError(Exception):
+    """The definition or the run's options cannot be executed (the message names the step or key and the fix)."""
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (affinity-aware)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def new_execution_id() -> str:
+    """12 lowercase letters and digits, the shape of a SageMaker pipeline execution id."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(12))
+
+
+def iso_duration_seconds(text: str) -> float:
+    """Seconds in an ISO 8601 duration as CacheConfig's ExpireAfter (``P30D``, ``PT1H``; months = 30 days).
+
+    Raises:
+        ExecutionError: not an ISO 8601 duration.
+    """
+    match = _DURATION.match(text or "")
+    if not match or text in ("P", "PT"):
+        raise ExecutionError(f"CacheConfig ExpireAfter {text!r} is not an ISO 8601 duration (e.g. P30D, PT12H)")
+    years, months, weeks, days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((((years * 365 + months * 30 + weeks * 7 + days) * 24 + hours) * 60 + minutes) * 60) + seconds
+
+
+def resolve_parameters(declared: list[dict], overrides: dict[str, str]) -> dict[str, Any]:
+    """Values of the pipeline parameters: each override (text, cast to the parameter's Type) or its default.
+
+    Types: ``String``, ``Integer``, ``Float``, ``Boolean`` (``true``/``false``).
+
+    Raises:
+        ExecutionError: an override of an undeclared parameter, a value not of its type, or a parameter with
+            neither default nor override.
+    """
+    by_name = {p["Name"]: p for p in declared}
+    unknown = sorted(set(overrides) - set(by_name))
+    if unknown:
+        raise ExecutionError(f"--param {', '.join(unknown)}: not a parameter of this pipeline (has: {', '.join(by_name)})")
+    values = {}
+    for name, spec in by_name.items():
+        kind = spec.get("Type", "String")
+        if name not in overrides:
+            if "DefaultValue" not in spec:
+                raise ExecutionError(f"parameter {name} has no default: pass --param {name}=<{kind}>")
+            values[name] = spec["DefaultValue"]
+            continue
+        text = str(overrides[name])
+        try:
+            if kind == "Integer":
+                values[name] = int(text)
+            elif kind == "Float":
+                values[name] = float(text)
+            elif kind == "Boolean":
+                if text.lower() not in ("true", "false"):
+                    raise ValueError(text)
+                values[name] = text.lower() == "true"
+            else:
+                values[name] = text
+        except ValueError:
+            raise ExecutionError(f"--param {name}={text}: not a valid {kind}") from None
+    return values
+
+
+@dataclass
+class StepNode:
+    """One step of the flattened graph. ``branch`` is ``(condition step, "IfSteps"|"ElseSteps")`` for branch steps."""
+
+    name: str
+    type: str
+    spec: dict
+    depends_on: set[str]
+    branch: tuple[str, str] | None = None
+
+
+def step_graph(definition: dict) -> dict[str, StepNode]:
+    """Every step of ``definition`` (ConditionStep branches flattened), in a valid execution order.
+
+    Raises:
+        ExecutionError: a duplicate step name, a reference to an unknown step, a cycle, or an unsupported type.
+    """
+    nodes: dict[str, StepNode] = {}
+
+    def add(spec: dict, branch: tuple[str, str] | None) -> None:
+        name, kind = spec.get("Name"), spec.get("Type")
+        if not name:
+            raise ExecutionError(f"a step has no Name: {json.dumps(spec)[:200]}")
+        if name in nodes:
+            raise ExecutionError(f"step name {name!r} is used twice")
+        if kind not in SUPPORTED_TYPES:
+            raise ExecutionError(f"step {name}: type {kind!r} is not supported locally (supported: {', '.join(SUPPORTED_TYPES)})")
+        body = {key: value for key, value in spec.items() if key not in ("DependsOn",)}
+        if kind == "Condition":
+            body = {"Arguments": {"Conditions": spec.get("Arguments", {}).get("Conditions", [])}}
+        depends = set(spec.get("DependsOn") or []) | expressions.step_references(body)
+        if branch:
+            depends.add(branch[0])
+        depends.discard(name)
+        nodes[name] = StepNode(name, kind, spec, depends, branch)
+        if kind == "Condition":
+            for key in ("IfSteps", "ElseSteps"):
+                for inner in spec.get("Arguments", {}).get(key, []):
+                    add(inner, (name, key))
+
+    for spec in definition.get("Steps", []):
+        add(spec, None)
+    for node in nodes.values():
+        unknown = node.depends_on - set(nodes)
+        if unknown:
+            raise ExecutionError(f"step {node.name} depends on unknown step(s) {sorted(unknown)}")
+    try:
+        order = list(graphlib.TopologicalSorter({n.name: n.depends_on for n in nodes.values()}).static_order())
+    except graphlib.CycleError as error:
+        raise ExecutionError(f"the steps form a cycle: {' -> '.join(error.args[1])}") from error
+    return {name: nodes[name] for name in order}
+
+
+@dataclass
+class RunOptions:
+    """How to run: folders, parameter overrides, CPU budget, what to show, extra objects for the store.
+
+    ``uploads`` (S3 URI -> bytes) are written into the store before the run (the code bundle, runproc.sh):
+    what ``upsert`` uploads to S3 in AWS. ``links`` (S3 URI -> local folder) are linked into the store (``--data``). ``echo`` receives ``(job name, line)`` for each log line and
+    ``on_event`` receives ``(step name, step record)`` after each change (the progress display).
+    """
+
+    store: Path = Path(".store")
+    runs: Path = Path("runs")
+    parameters: dict[str, str] = field(default_factory=dict)
+    cpus: int = field(default_factory=cpu_count)
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    links: dict[str, Path] = field(default_factory=dict)
+    echo: Callable[[str, str], None] | None = None
+    on_event: Callable[[str, dict], None] | None = None
+    keep_job_dirs: bool = False
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class LocalExecution:
+    """One execution of a definition. Create with :meth:`start` or :meth:`resume`, then call :meth:`run`."""
+
+    def __init__(self, definition: dict, execution_id: str, options: RunOptions, record: dict | None = None):
+        self.definition = definition
+        self.options = options
+        self.id = execution_id
+        self.nodes = step_graph(definition)
+        self.store = Store(options.store)
+        self.run_dir = Path(options.runs).resolve() / execution_id
+        self.jobs_dir = self.run_dir / "jobs"
+        self.registry = ModelRegistry(self.store)
+        self.lock = threading.RLock()
+        self.stop_event = threading.Event()
+        self.pipeline_name = definition.get("PipelineName") or (record or {}).get("PipelineName") or "local-pipeline"
+        if record is None:
+            parameters = resolve_parameters(definition.get("Parameters", []), options.parameters)
+            record = {
+                "PipelineName": self.pipeline_name,
+                "PipelineArn": f"arn:aws:sagemaker:us-east-1:000000000000:pipeline/{self.pipeline_name}",
+                "PipelineExecutionId": execution_id,
+                "PipelineExecutionArn": self._execution_arn(),
+                "PipelineExecutionStatus": EXECUTING,
+                "CreationTime": _now_iso(),
+                "Parameters": parameters,
+                "Store": str(self.store.root),
+                "Definition": "definition.json",
+                "Attempts": [],
+                "Steps": [self._blank_step(node) for node in self.nodes.values()],
+            }
+        self.record = record
+        self.steps = {step["StepName"]: step for step in record["Steps"]}
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def start(cls, definition: dict | str, options: RunOptions, pipeline_name: str | None = None) -> LocalExecution:
+        """A new execution of ``definition`` (dict or JSON text) with a fresh execution id."""
+        definition = json.loads(definition) if isinstance(definition, str) else definition
+        if pipeline_name:
+            definition = {**definition, "PipelineName": pipeline_name}
+        return cls(definition, new_execution_id(), options)
+
+    @classmethod
+    def resume(cls, execution_id: str, options: RunOptions) -> LocalExecution:
+        """Continue ``<runs>/<execution_id>``: its definition and parameters; steps that succeeded are kept.
+
+        Raises:
+            ExecutionError: no such run folder or it is unreadable.
+        """
+        run_dir = Path(options.runs) / execution_id
+        try:
+            record = json.loads((run_dir / "execution.json").read_text())
+            definition = json.loads((run_dir / "definition.json").read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            known = sorted(p.name for p in Path(options.runs).glob("*/execution.json")) if Path(options.runs).is_dir() else []
+            raise ExecutionError(f"--resume {execution_id}: cannot read {run_dir}/execution.json ({error}); "
+                                 f"runs here: {[Path(k).parent.name for k in known] or 'none'}") from error  # fmt: skip
+        for step in record["Steps"]:
+            if step["StepStatus"] != SUCCEEDED and not (step["StepStatus"] == SKIPPED and step.get("Branch")):
+                step.update(cls._blank_step_fields())
+        record["PipelineExecutionStatus"] = EXECUTING
+        record.pop("FailureReason", None)
+        return cls(definition, execution_id, options, record)
+
+    @staticmethod
+    def _blank_step_fields() -> dict:
+        return {"StepStatus": NOT_STARTED, "StartTime": None, "EndTime": None, "DurationSeconds": None,
+                "FailureReason": None, "Properties": {}, "CacheHit": None, "Jobs": [], "Detail": ""}  # fmt: skip
+
+    def _blank_step(self, node: StepNode) -> dict:
+        return {"StepName": node.name, "StepType": node.type, "DependsOn": sorted(node.depends_on),
+                "Branch": list(node.branch) if node.branch else None, **self._blank_step_fields()}  # fmt: skip
+
+    def _execution_arn(self) -> str:
+        return f"arn:aws:sagemaker:us-east-1:000000000000:pipeline/{self.pipeline_name}/execution/{self.id}"
+
+    # -- records ------------------------------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write execution.json atomically (called after every change)."""
+        with self.lock:
+            self.record["LastModifiedTime"] = _now_iso()
+            atomic_write_json(self.run_dir / "execution.json", self.record)
+
+    def update_step(self, name: str, **fields: Any) -> None:
+        with self.lock:
+            self.steps[name].update(fields)
+            self.save()
+            step = dict(self.steps[name])
+        if self.options.on_event:
+            self.options.on_event(name, step)
+
+    # -- expression context -------------------------------------------------------------------------------------
+    def context(self) -> Context:
+        def step_properties(name: str) -> dict:
+            step = self.steps.get(name)
+            if step is None:
+                raise ExpressionError(f"no step named {name!r}")
+            if step["StepStatus"] != SUCCEEDED:
+                raise ExpressionError(f"step {name} has no properties (status {step['StepStatus']})")
+            return step["Properties"]
+
+        return Context(
+            parameters=self.record["Parameters"],
+            execution={
+                "PipelineExecutionId": self.id,
+                "PipelineExecutionArn": self.record["PipelineExecutionArn"],
+                "PipelineName": self.pipeline_name,
+                "PipelineArn": self.record["PipelineArn"],
+                "StartDateTime": self.record["CreationTime"],
+                "CurrentDateTime": _now_iso(),
+            },
+            step_properties=step_properties,
+            property_file=self.property_file,
+            read_json=self.store.read_json,
+        )
+
+    def property_file(self, step_name: str, file_name: str) -> Any:
+        """A PropertyFile of a finished processing step: ``<output S3Uri>/<FilePath>`` read from the store."""
+        node = self.nodes.get(step_name)
+        spec = next((p for p in (node.spec.get("PropertyFiles") or []) if p["PropertyFileName"] == file_name), None) \
+            if node else None  # fmt: skip
+        if spec is None:
+            raise ExpressionError(f"step {step_name} declares no PropertyFile {file_name!r}")
+        properties = self.context().step_properties(step_name)
+        outputs = properties.get("ProcessingOutputConfig", {}).get("Outputs", [])
+        output = next((o for o in outputs if o.get("OutputName") == spec["OutputName"]), None)
+        if output is None:
+            raise ExpressionError(f"PropertyFile {file_name}: step {step_name} has no output {spec['OutputName']!r}")
+        uri = f"{output['S3Output']['S3Uri'].rstrip('/')}/{spec['FilePath']}"
+        try:
+            return self.store.read_json(uri)
+        except StoreError as error:
+            raise ExpressionError(f"PropertyFile {step_name}.{file_name}: {error}") from error
+
+    # -- naming -------------------------------------------------------------------------------------------------
+    def job_name(self, node: StepNode, arguments: dict, key: str, limit: int = 63) -> str:
+        """``<job name prefix in the definition, or the step name>-<execution id>``, at most ``limit`` chars."""
+        base = arguments.get(key) or node.name
+        base = re.sub(r"[^a-zA-Z0-9-]", "-", str(base)).strip("-") or "job"
+        return f"{base[: limit - len(self.id) - 1]}-{self.id}"
+
+    # -- caching ------------------------------------------------------------------------------------------------
+    def _input_uris(self, node: StepNode, arguments: dict) -> list[str]:
+        uris = []
+        if node.type == "Processing":
+            uris += [i["S3Input"]["S3Uri"] for i in arguments.get("ProcessingInputs", []) if "S3Input" in i]
+        definition = arguments.get("TrainingJobDefinition", arguments) if node.type in ("Training", "Tuning") else {}
+        for channel in definition.get("InputDataConfig", []):
+            uris.append(channel.get("DataSource", {}).get("S3DataSource", {}).get("S3Uri"))
+        hyperparameters = definition.get("HyperParameters") or definition.get("StaticHyperParameters") or {}
+        if "sagemaker_submit_directory" in hyperparameters:
+            uris.append(json.loads(hyperparameters["sagemaker_submit_directory"]))
+        return [u for u in uris if isinstance(u, str) and u.startswith("s3://")]
+
+    def cache_key(self, node: StepNode, arguments: dict) -> str:
+        """SHA-256 over the pipeline and step name, step type, resolved arguments and input contents."""
+        inputs = {uri: self.store.digest(uri) for uri in self._input_uris(node, arguments)}
+        blob = json.dumps([self.pipeline_name, node.name, node.type, arguments, node.spec.get("PropertyFiles"), inputs],
+                          sort_keys=True, default=str)  # fmt: skip
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _cache_path(self, node: StepNode, key: str) -> Path:
+        safe = re.sub(r"[^a-zA-Z0-9_-]", "_", node.name)
+        return self.store.root / CACHE_FOLDER / re.sub(r"[^a-zA-Z0-9_-]", "_", self.pipeline_name) / safe / f"{key}.json"
+
+    def cache_lookup(self, node: StepNode, key: str) -> dict | None:
+        """The cached record for ``key`` if it has not expired and its outputs are still in the store."""
+        config = node.spec.get("CacheConfig") or {}
+        path = self._cache_path(node, key)
+        if not config.get("Enabled") or not path.is_file():
+            return None
+        try:
+            cached = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+        if config.get("ExpireAfter") and time.time() - cached["Time"] > iso_duration_seconds(config["ExpireAfter"]):
+            return None
+        if not all(self.store.exists(uri) for uri in self._output_uris(node.type, cached["Properties"])):
+            return None
+        return cached
+
+    @staticmethod
+    def _output_uris(kind: str, properties: dict) -> list[str]:
+        if kind == "Processing":
+            return [o["S3Output"]["S3Uri"] for o in properties.get("ProcessingOutputConfig", {}).get("Outputs", [])]
+        if kind == "Training":
+            return [properties.get("ModelArtifacts", {}).get("S3ModelArtifacts", "s3://missing/")]
+        if kind == "Tuning":
+            best = properties.get("BestTrainingJob", {}).get("TrainingJobName", "")
+            path = properties.get("TrainingJobDefinition", {}).get("OutputDataConfig", {}).get("S3OutputPath", "")
+            return [f"{path.rstrip('/')}/{best}/output/model.tar.gz"]
+        return []
+
+    def cache_save(self, node: StepNode, key: str, properties: dict) -> None:
+        if (node.spec.get("CacheConfig") or {}).get("Enabled"):
+            atomic_write_json(self._cache_path(node, key), {
+                "Time": time.time(), "PipelineExecutionArn": self.record["PipelineExecutionArn"],
+                "StepName": node.name, "Properties": properties})  # fmt: skip
+
+    # -- running ------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Run every step that has not succeeded; return the final execution record (also in execution.json).
+
+        Raises:
+            StoreError: the store is in use by another run.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.run_dir / "definition.json", self.definition)
+        with self.store.lock(f"execution {self.id}"):
+            for uri, data in self.options.uploads.items():
+                path = self.store.path(uri)
+                if not path.is_file() or path.read_bytes() != data:
+                    self.store.put_bytes(uri, data)
+            for uri, folder in self.options.links.items():
+                self.store.link(folder, uri)
+            self.record["Attempts"].append({"StartTime": _now_iso(), "Pid": os.getpid()})
+            self.save()
+            try:
+                self._schedule()
+            except BaseException:
+                self.stop_event.set()
+                with self.lock:
+                    for step in self.steps.values():
+                        if step["StepStatus"] == EXECUTING:
+                            step.update(StepStatus=STOPPED, FailureReason="the local run was interrupted")
+                    self.record.update(PipelineExecutionStatus=STOPPED, FailureReason="the local run was interrupted")
+                    self.save()
+                raise
+        return self.record
+
+    def _ready(self, name: str) -> bool:
+        node = self.nodes[name]
+        if any(self.steps[dep]["StepStatus"] != SUCCEEDED for dep in node.depends_on):
+            return False
+        if node.branch:
+            outcome = self.steps[node.branch[0]]["Properties"].get("Outcome")
+            return (outcome == "True") == (node.branch[1] == "IfSteps")
+        return True
+
+    def _schedule(self) -> None:
+        cpus = max(1, self.options.cpus)
+        running: dict[Future, str] = {}
+        failed = False
+        with ThreadPoolExecutor(max_workers=cpus, thread_name_prefix="step") as pool:
+            while True:
+                if not failed:
+                    for name in self.nodes:
+                        step = self.steps[name]
+                        if step["StepStatus"] == NOT_STARTED and name not in running.values() and self._ready(name):
+                            step["StepStatus"] = EXECUTING  # claimed before the worker starts
+                            running[pool.submit(self._run_step, name, max(1, cpus // (len(running) + 1)))] = name
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name = running.pop(future)
+                    future.result()
+                    if self.steps[name]["StepStatus"] in (FAILED, STOPPED):
+                        failed = True
+        self._finish()
+
+    def _finish(self) -> None:
+        with self.lock:
+            for name, node in self.nodes.items():
+                step = self.steps[name]
+                if step["StepStatus"] != NOT_STARTED:
+                    continue
+                if node.branch and self.steps[node.branch[0]]["StepStatus"] == SUCCEEDED:
+                    taken = self.steps[node.branch[0]]["Properties"].get("Outcome") == "True"
+                    if taken != (node.branch[1] == "IfSteps"):
+                        step.update(StepStatus=SKIPPED, Detail=f"{node.branch[0]} took the other branch")
+                        continue
+                blockers = sorted(d for d in node.depends_on if self.steps[d]["StepStatus"] != SUCCEEDED)
+                step["Detail"] = f"not started: {', '.join(blockers)} did not succeed" if blockers else "not started"
+            failures = [s for s in self.steps.values() if s["StepStatus"] in (FAILED, STOPPED)]
+            if failures:
+                fail_step = next((s for s in failures if s["StepType"] == "Fail"), None)
+                reason = (fail_step or failures[0])["FailureReason"]
+                status = FAILED if any(s["StepStatus"] == FAILED for s in failures) else STOPPED
+                self.record.update(PipelineExecutionStatus=status, FailureReason=f"Step {(fail_step or failures[0])['StepName']}: {reason}")
+            else:
+                self.record["PipelineExecutionStatus"] = SUCCEEDED
+            self.record["EndTime"] = _now_iso()
+            self.save()
+            self._write_summary()
+
+    def _write_summary(self) -> None:
+        lines = [f"execution {self.id}: {self.record['PipelineExecutionStatus']}"]
+        if self.record.get("FailureReason"):
+            lines.append(f"  reason: {self.record['FailureReason']}")
+        for step in self.record["Steps"]:
+            duration = f"{step['DurationSeconds']:.1f}s" if step.get("DurationSeconds") is not None else "-"
+            cache = " (cache hit)" if step.get("CacheHit") else ""
+            lines.append(f"  {step['StepName']:<24} {step['StepType']:<13} {step['StepStatus']:<10} {duration:>8}{cache}"
+                         + (f"  {step['FailureReason']}" if step.get("FailureReason") else ""))  # fmt: skip
+        (self.run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+
+    def _run_step(self, name: str, threads: int) -> None:
+        node = self.nodes[name]
+        start = time.time()
+        self.update_step(name, StepStatus=EXECUTING, StartTime=_now_iso(), Detail="starting")
+        try:
+            outcome = self._dispatch(node, threads)
+        except (JobError, StoreError, ExpressionError, RegistryError, ExecutionError) as error:
+            outcome = {"StepStatus": FAILED, "FailureReason": f"ClientError: {error}"}
+        except Exception as error:  # a bug here must not hang the run: record it on the step
+            outcome = {"StepStatus": FAILED, "FailureReason": f"InternalError: {type(error).__name__}: {error}"}
+        end = time.time()
+        outcome.setdefault("Detail", "")
+        self.update_step(name, EndTime=_now_iso(), DurationSeconds=round(end - start, 3), **outcome)
+
+    def job_context(self, threads: int) -> JobContext:
+        return JobContext(store=self.store, jobs_dir=self.jobs_dir, echo=self.options.echo, threads=threads,
+                          keep_job_dirs=self.options.keep_job_dirs)  # fmt: skip
+
+    def _job_record(self, result: JobResult, name_key: str, kind: str) -> dict:
+        properties = result.properties
+        return {
+            "JobName": properties.get(name_key), "JobType": kind, "Status": result.status,
+            "Log": os.path.relpath(result.log_path, self.run_dir) if result.log_path else None,
+            "Metrics": result.metrics, "FailureReason": result.failure_reason,
+        }  # fmt: skip
+
+    def _dispatch(self, node: StepNode, threads: int) -> dict:
+        context = self.context()
+        kind = node.type
+        if kind == "Condition":
+            outcome = expressions.evaluate_conditions(node.spec["Arguments"].get("Conditions", []), context)
+            evaluated = [
+                {"Type": c.get("Type"), "Outcome": expressions.evaluate_condition(c, context)}
+                for c in node.spec["Arguments"].get("Conditions", [])
+            ]  # fmt: skip
+            return {"StepStatus": SUCCEEDED, "Properties": {"Outcome": str(outcome)},
+                    "Metadata": {"Condition": {"Outcome": str(outcome), "Conditions": evaluated}},
+                    "Detail": f"Outcome {outcome}"}  # fmt: skip
+        if kind == "Fail":
+            message = expressions.to_text(expressions.evaluate(node.spec.get("Arguments", {}).get("ErrorMessage", ""), context))
+            return {"StepStatus": FAILED, "FailureReason": message, "Metadata": {"Fail": {"ErrorMessage": message}}}
+        arguments = expressions.evaluate(node.spec.get("Arguments", {}), context)
+        if kind == "RegisterModel":
+            description = self.registry.create_model_package(arguments)
+            return {"StepStatus": SUCCEEDED, "Properties": description,
+                    "Detail": f"{description['ModelPackageArn']} ({description['ModelApprovalStatus']})"}  # fmt: skip
+        if kind == "Model":
+            model_name = self.job_name(node, arguments, "ModelName")
+            return {"StepStatus": SUCCEEDED, "Properties": {**arguments, "ModelName": model_name,
+                    "ModelArn": f"arn:aws:sagemaker:us-east-1:000000000000:model/{model_name}"}}  # fmt: skip
+        if kind == "Lambda":
+            from pipeline.local.deploy import run_deploy
+
+            return run_deploy(self, node, arguments)
+
+        key = self.cache_key(node, arguments)
+        cached = self.cache_lookup(node, key)
+        if cached is not None:
+            return {"StepStatus": SUCCEEDED, "Properties": cached["Properties"],
+                    "CacheHit": {"SourcePipelineExecutionArn": cached["PipelineExecutionArn"]},
+                    "Detail": "cache hit"}  # fmt: skip
+        job_context = self.job_context(threads)
+        if kind == "Processing":
+            name = self.job_name(node, arguments, "ProcessingJobName")
+            self.update_step(node.name, Detail=f"job {name}")
+            result = run_processing_job(arguments, name, job_context)
+            jobs = [self._job_record(result, "ProcessingJobName", "ProcessingJob")]
+        elif kind == "Training":
+            name = self.job_name(node, arguments, "TrainingJobName")
+            self.update_step(node.name, Detail=f"job {name}")
+            result = run_training_job(arguments, name, job_context, on_metrics=self._epoch_reporter(node.name),
+                                      stop_event=self.stop_event)  # fmt: skip
+            jobs = [self._job_record(result, "TrainingJobName", "TrainingJob")]
+        else:  # Tuning
+            name = self.job_name(node, arguments, "HyperParameterTuningJobName", limit=32)
+            result = run_tuning_job(arguments, name, job_context, state_dir=self.run_dir / "tuning" / node.name,
+                                    cpus=threads, on_trial=self._trial_reporter(node.name), stop_event=self.stop_event)  # fmt: skip
+            jobs = [{"JobName": s["TrainingJobName"], "JobType": "TrainingJob", "Status": s["TrainingJobStatus"],
+                     "Log": os.path.relpath(s["Log"], self.run_dir) if s.get("Log") else None,
+                     "TunedHyperParameters": s["TunedHyperParameters"],
+                     "ObjectiveValue": s.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value"),
+                     "FailureReason": s.get("FailureReason")}
+                    for s in result.properties.get("TrainingJobSummaries", [])]  # fmt: skip
+        if result.status == "Completed":
+            self.cache_save(node, key, result.properties)
+            return {"StepStatus": SUCCEEDED, "Properties": result.properties, "Jobs": jobs}
+        status = STOPPED if result.status == "Stopped" else FAILED
+        return {"StepStatus": status, "Properties": result.properties, "Jobs": jobs,
+                "FailureReason": result.failure_reason}  # fmt: skip
+
+    # -- progress -----------------------------------------------------------------------------------------------
+    def _epoch_reporter(self, step_name: str) -> Callable[[dict[str, float]], None]:
+        epochs = 0
+
+        def report(values: dict[str, float]) -> None:
+            nonlocal epochs
+            if "validation:accuracy" in values or "validation:loss" in values:
+                epochs += 1
+                shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+                self.update_step(step_name, Detail=f"epoch {epochs}: {shown}")
+
+        return report
+
+    def _trial_reporter(self, step_name: str) -> Callable[[str, str, dict], None]:
+        state: dict[str, str] = {}
+        finished: list[str] = []
+        epochs: dict[str, int] = {}
+
+        def report(job: str, event: str, data: dict) -> None:
+            short = job.rsplit("-", 2)[-2] if job.count("-") >= 2 else job
+            if event == "started":
+                state[short] = "started"
+                epochs[short] = 0
+            elif event == "metrics":
+                epochs[short] += 1 if any(k.startswith("validation") for k in data) else 0
+                state[short] = f"epoch {epochs[short]}"
+            elif event == "finished":
+                state.pop(short, None)
+                value = data.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
+                finished.append(f"{short}:{data['TrainingJobStatus']}" + (f"({value:.4f})" if value is not None else ""))
+            running = ", ".join(f"trial {k} {v}" for k, v in sorted(state.items()))
+            self.update_step(step_name, Detail=f"{len(finished)} done [{' '.join(finished[-4:])}] {running}".strip())
+
+        return report

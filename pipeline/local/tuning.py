@@ -1,0 +1,335 @@
+"""A hyperparameter tuning job (``CreateHyperParameterTuningJob`` arguments) run locally with optuna.
+
+Mapping of SageMaker's ``HyperParameterTuningJobConfig`` (API reference: HyperParameterTuningJobConfig,
+ParameterRanges, TuningJobCompletionCriteria):
+
+- ``Strategy``: ``Bayesian`` -> ``TPESampler(seed, constant_liar=True)`` (constant liar because trials run in
+  parallel, as SageMaker's do); ``Random`` -> ``RandomSampler(seed)``; ``Grid`` -> every combination of the
+  categorical and integer values, enqueued in order (SageMaker's Grid takes categorical ranges only; continuous
+  ranges are refused; optuna's GridSampler is not used because it stops the study from inside ``tell``);
+  ``Hyperband`` -> ``RandomSampler`` + ``HyperbandPruner`` (Hyperband is an early-stopping scheme over random
+  configurations). ``RandomSeed`` seeds the sampler (0 when the definition has none, so runs repeat).
+- ``TrainingJobEarlyStoppingType: Auto`` -> ``MedianPruner``: SageMaker stops a job whose objective at an epoch is
+  worse than the median of earlier jobs' values at that epoch (the median stopping rule); the pruner is fed the
+  objective metric line by line from the trial's log and the trial's process is stopped (status ``Stopped``).
+- ``ParameterRanges``: continuous -> ``FloatDistribution`` (``ScalingType: Logarithmic`` -> ``log=True``;
+  ``ReverseLogarithmic`` is sampled linearly), integer -> ``IntDistribution``, categorical -> the ``Values``
+  strings as given (JSON-encoded by the SDK, e.g. ``"\\"64\\""``), so tuned values reach ``train.py`` as on AWS.
+- ``ResourceLimits``: ``MaxNumberOfTrainingJobs`` trials; ``MaxParallelTrainingJobs`` at once, bounded by the
+  local CPU budget; each trial gets ``cpus // parallel`` threads.
+
+Trials are recorded in an optuna journal file (``<state_dir>/optuna.journal``), so a tuning job interrupted by a
+kill continues on ``--resume``: finished trials are kept and the trials that were running are run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from pipeline.local.jobs import JobContext, JobError, JobResult, job_arn, run_training_job
+
+#: optuna's MedianPruner: completed trials needed before any pruning, and epochs always allowed to run.
+MEDIAN_STARTUP_TRIALS = 2
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+MEDIAN_WARMUP_EPOCHS = 1
+
+TrialCallback = Callable[[str, str, dict], None]
+
+
+def distributions(parameter_ranges: dict) -> dict[str, Any]:
+    """optuna distributions for a definition's ``ParameterRanges`` (see the module docstring).
+
+    Raises:
+        JobError: a range with min > max or no values, or a name defined twice.
+    """
+    found: dict[str, Any] = {}
+
+    def add(name: str, distribution: Any) -> None:
+        if name in found:
+            raise JobError(f"ParameterRanges: {name!r} is defined twice")
+        found[name] = distribution
+
+    for item in parameter_ranges.get("ContinuousParameterRanges", []):
+        low, high = float(item["MinValue"]), float(item["MaxValue"])
+        if low > high:
+            raise JobError(f"ParameterRanges: {item['Name']}: MinValue {low} > MaxValue {high}")
+        log = item.get("ScalingType") == "Logarithmic"
+        if log and low <= 0:
+            raise JobError(f"ParameterRanges: {item['Name']}: Logarithmic scaling needs MinValue > 0 (got {low})")
+        add(item["Name"], FloatDistribution(low, high, log=log))
+    for item in parameter_ranges.get("IntegerParameterRanges", []):
+        low, high = int(item["MinValue"]), int(item["MaxValue"])
+        if low > high:
+            raise JobError(f"ParameterRanges: {item['Name']}: MinValue {low} > MaxValue {high}")
+        add(item["Name"], IntDistribution(low, high, log=item.get("ScalingType") == "Logarithmic" and low > 0))
+    for item in parameter_ranges.get("CategoricalParameterRanges", []):
+        values = [str(v) for v in item.get("Values", [])]
+        if not values:
+            raise JobError(f"ParameterRanges: {item['Name']}: no Values")
+        add(item["Name"], CategoricalDistribution(values))
+    if not found:
+        raise JobError("ParameterRanges: nothing to tune (no continuous, integer or categorical range)")
+    return found
+
+
+def _grid(space: dict[str, Any]) -> dict[str, list]:
+    grid = {}
+    for name, distribution in space.items():
+        if isinstance(distribution, CategoricalDistribution):
+            grid[name] = list(distribution.choices)
+        elif isinstance(distribution, IntDistribution):
+            grid[name] = list(range(distribution.low, distribution.high + 1))
+        else:
+            raise JobError(f"Strategy Grid: {name!r} is a continuous range; Grid takes categorical (or integer) ranges")
+    return grid
+
+
+def sampler_and_pruner(config: dict, space: dict[str, Any]) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    """The optuna sampler and pruner for a ``HyperParameterTuningJobConfig`` (see the module docstring).
+
+    Raises:
+        JobError: an unknown strategy.
+    """
+    strategy = config.get("Strategy", "Bayesian")
+    seed = int(config.get("RandomSeed", 0))
+    early_stopping = config.get("TrainingJobEarlyStoppingType", "Off") == "Auto"
+    pruner: optuna.pruners.BasePruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
+        if early_stopping else optuna.pruners.NopPruner()
+    )  # fmt: skip
+    if strategy == "Bayesian":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True), pruner
+    if strategy == "Random":
+        return optuna.samplers.RandomSampler(seed=seed), pruner
+    if strategy == "Grid":
+        _grid(space)  # refuses continuous ranges; the combinations are enqueued by run_tuning_job
+        return optuna.samplers.RandomSampler(seed=seed), pruner
+    if strategy == "Hyperband":
+        return optuna.samplers.RandomSampler(seed=seed), optuna.pruners.HyperbandPruner(min_resource=1)
+    raise JobError(f"HyperParameterTuningJobConfig.Strategy {strategy!r}: expected Bayesian, Random, Grid or Hyperband")
+
+
+def _as_hyperparameter(value: Any) -> str:
+    """A tuned value as a hyperparameter string (categoricals keep their JSON-encoded form)."""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def trial_job_name(tuning_job_name: str, number: int) -> str:
+    """SageMaker's tuning trial name: ``<tuning job>-<3-digit index>-<8 hex>`` (deterministic here)."""
+    digest = hashlib.sha256(f"{tuning_job_name}/{number}".encode()).hexdigest()[:8]
+    return f"{tuning_job_name}-{number + 1:03d}-{digest}"
+
+
+def _training_arguments(definition: dict, hyperparameters: dict[str, str]) -> dict:
+    """CreateTrainingJob arguments of one trial from the tuning job's TrainingJobDefinition."""
+    arguments = {key: value for key, value in definition.items()
+                 if key not in ("StaticHyperParameters", "HyperParameterTuningResourceConfig", "DefinitionName",
+                                "TuningObjective", "HyperParameterRanges")}  # fmt: skip
+    arguments["ResourceConfig"] = definition.get("ResourceConfig") or definition.get("HyperParameterTuningResourceConfig", {})
+    arguments["HyperParameters"] = hyperparameters
+    return arguments
+
+
+def _objective(value: float | None, maximize: bool) -> float:
+    if value is None or math.isnan(value):
+        return -math.inf if maximize else math.inf
+    return value
+
+
+def run_tuning_job(
+    arguments: dict,
+    tuning_job_name: str,
+    context: JobContext,
+    *,
+    state_dir: Path,
+    cpus: int,
+    on_trial: TrialCallback | None = None,
+    stop_event: threading.Event | None = None,
+) -> JobResult:
+    """Run the tuning job ``tuning_job_name`` (resolved ``CreateHyperParameterTuningJob`` arguments).
+
+    ``cpus`` bounds the trials run at once (with MaxParallelTrainingJobs). ``on_trial(job name, event, data)`` is
+    told ``"started"`` (data: tuned hyperparameters), ``"metrics"`` (data: metric values of one log line) and
+    ``"finished"`` (data: the trial's summary).
+
+    Returns a JobResult whose ``properties`` follow DescribeHyperParameterTuningJob plus ``TrainingJobSummaries``
+    (ListTrainingJobsForHyperParameterTuningJob, best first): ``BestTrainingJob.TunedHyperParameters``,
+    ``BestTrainingJob.TrainingJobName``, ``TrainingJobSummaries[k].TrainingJobName`` (the top-k models)...
+
+    Raises:
+        JobError: unsupported configuration (several training job definitions, bad ranges, unknown strategy).
+    """
+    config = arguments.get("HyperParameterTuningJobConfig") or {}
+    definition = arguments.get("TrainingJobDefinition")
+    if definition is None:
+        raise JobError("tuning job: only a single TrainingJobDefinition is supported locally (not TrainingJobDefinitions)")
+    objective = config.get("HyperParameterTuningJobObjective") or definition.get("TuningObjective") or {}
+    metric_name = objective.get("MetricName")
+    maximize = objective.get("Type", "Maximize") == "Maximize"
+    metric_names = {d.get("Name") for d in definition.get("AlgorithmSpecification", {}).get("MetricDefinitions", [])}
+    if metric_name not in metric_names:
+        raise JobError(f"tuning objective {metric_name!r} has no MetricDefinition (defined: {sorted(metric_names)})")
+    space = distributions(config.get("ParameterRanges") or definition.get("HyperParameterRanges") or {})
+    sampler, pruner = sampler_and_pruner(config, space)
+    limits = config.get("ResourceLimits") or {}
+    max_jobs = int(limits.get("MaxNumberOfTrainingJobs") or 0)
+    if config.get("Strategy") == "Grid":
+        combinations = math.prod(len(values) for values in _grid(space).values())
+        max_jobs = min(max_jobs, combinations) if max_jobs else combinations
+    elif not max_jobs:
+        raise JobError("ResourceLimits.MaxNumberOfTrainingJobs is required unless the strategy is Grid")
+    parallel = max(1, min(int(limits.get("MaxParallelTrainingJobs") or 1), cpus, max_jobs))
+    trial_context = replace(context, threads=max(1, cpus // parallel))
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(state_dir / "optuna.journal")))
+    study = optuna.create_study(
+        study_name=tuning_job_name, storage=storage, sampler=sampler, pruner=pruner,
+        direction="maximize" if maximize else "minimize", load_if_exists=True,
+    )  # fmt: skip
+    if config.get("Strategy") == "Grid" and not study.get_trials(deepcopy=False):
+        grid = _grid(space)
+        for values in itertools.product(*grid.values()):
+            study.enqueue_trial(dict(zip(grid, values)))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # Left running by a killed run: recorded as failed and not counted, so that trial runs again.
+        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    start = time.time()
+    static = {key: str(value) for key, value in (definition.get("StaticHyperParameters") or {}).items()}
+    lock = threading.Lock()
+
+    def counted() -> int:
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        return sum(1 for t in study.get_trials(deepcopy=False, states=finished) if not t.user_attrs.get("interrupted"))
+
+    def run_trial(trial: optuna.Trial) -> None:
+        name = trial_job_name(tuning_job_name, trial.number)
+        tuned = {key: _as_hyperparameter(value) for key, value in trial.params.items()}
+        if on_trial:
+            on_trial(name, "started", tuned)
+        epochs = 0
+
+        def on_metrics(values: dict[str, float]) -> bool:
+            nonlocal epochs
+            if on_trial:
+                on_trial(name, "metrics", values)
+            if metric_name not in values:
+                return False
+            epochs += 1
+            with lock:
+                trial.report(values[metric_name], epochs)
+                return trial.should_prune()
+
+        try:
+            result = run_training_job(_training_arguments(definition, {**static, **tuned}), name, trial_context,
+                                      on_metrics=on_metrics, stop_event=stop_event)  # fmt: skip
+        except Exception as error:  # a trial that cannot start fails alone, as on SageMaker
+            result = JobResult("Failed", {"TrainingJobName": name}, f"{type(error).__name__}: {error}")
+        final = next((m["Value"] for m in result.properties.get("FinalMetricDataList", [])
+                      if m["MetricName"] == metric_name), None)  # fmt: skip
+        summary = {
+            "TrainingJobName": name,
+            "TrainingJobArn": job_arn("training-job", name),
+            "TuningJobName": tuning_job_name,
+            "TrainingJobStatus": result.status,
+            "TunedHyperParameters": tuned,
+            "TrainingStartTime": result.properties.get("TrainingStartTime"),
+            "TrainingEndTime": result.properties.get("TrainingEndTime"),
+            "ObjectiveStatus": "Succeeded" if result.status == "Completed" and final is not None else "Failed",
+            "Log": result.log_path,
+        }
+        if final is not None:
+            summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
+                "Type": "Maximize" if maximize else "Minimize", "MetricName": metric_name, "Value": final}
+        if result.failure_reason:
+            summary["FailureReason"] = result.failure_reason
+        with lock:
+            trial.set_user_attr("summary", summary)
+            if result.status == "Completed" and final is not None:
+                study.tell(trial, _objective(final, maximize))
+            elif result.status == "Stopped":
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, state=TrialState.FAIL)
+        if on_trial:
+            on_trial(name, "finished", summary)
+
+    running: set[Future] = set()
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="trial") as pool:
+        while True:
+            while len(running) < parallel and counted() + len(running) < max_jobs:
+                if stop_event is not None and stop_event.is_set():
+                    break
+                with lock:
+                    trial = study.ask(space)
+                running.add(pool.submit(run_trial, trial))
+            if not running:
+                break
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()  # re-raise bugs in the loop itself
+            running = set(running)
+
+    return _tuning_result(arguments, tuning_job_name, study, maximize, start, stop_event)
+
+
+def _tuning_result(arguments: dict, name: str, study: optuna.Study, maximize: bool, start: float,
+                   stop_event: threading.Event | None) -> JobResult:
+    summaries = [t.user_attrs["summary"] for t in study.get_trials(deepcopy=False)
+                 if "summary" in t.user_attrs and not t.user_attrs.get("interrupted")]  # fmt: skip
+    sign = -1 if maximize else 1
+
+    def rank(summary: dict) -> tuple:
+        metric = summary.get("FinalHyperParameterTuningJobObjectiveMetric")
+        ok = summary["TrainingJobStatus"] == "Completed" and metric is not None
+        return (0 if ok else 1, sign * metric["Value"] if ok else 0.0, summary["TrainingJobName"])
+
+    summaries.sort(key=rank)
+    counters = {status: sum(1 for s in summaries if s["TrainingJobStatus"] == status)
+                for status in ("Completed", "InProgress", "Stopped")}  # fmt: skip
+    counters["NonRetryableError"] = sum(1 for s in summaries if s["TrainingJobStatus"] == "Failed")
+    counters["RetryableError"] = 0
+    best = summaries[0] if summaries and rank(summaries[0])[0] == 0 else None
+    properties = {
+        **arguments,
+        "HyperParameterTuningJobName": name,
+        "HyperParameterTuningJobArn": job_arn("hyper-parameter-tuning-job", name),
+        "CreationTime": start,
+        "HyperParameterTuningEndTime": time.time(),
+        "TrainingJobStatusCounters": counters,
+        "ObjectiveStatusCounters": {
+            "Succeeded": sum(1 for s in summaries if s["ObjectiveStatus"] == "Succeeded"),
+            "Pending": 0,
+            "Failed": sum(1 for s in summaries if s["ObjectiveStatus"] == "Failed"),
+        },
+        "TrainingJobSummaries": summaries,
+    }
+    if stop_event is not None and stop_event.is_set():
+        status, reason = "Stopped", "the tuning job was stopped"
+    elif best is None:
+        status, reason = "Failed", f"No training job succeeded ({len(summaries)} failed or were stopped); see their logs"
+    else:
+        status, reason = "Completed", None
+        properties["BestTrainingJob"] = best
+    properties["HyperParameterTuningJobStatus"] = status
+    if reason:
+        properties["FailureReason"] = reason
+    return JobResult(status, properties, reason)

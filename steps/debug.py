@@ -1,0 +1,75 @@
+"""``debug``: ProcessingStep running ``debug.py``: the five Debugger rules and the profiler rules, for every account.
+
+Input ``/opt/ml/processing/training-output`` <- the train job's ``output.tar.gz`` (smdebug tensors, profiler
+samples, history), located as ``Std:Join`` of ``OutputDataConfig.S3OutputPath``, ``TrainingJobName`` and
+``output/output.tar.gz``. Output ``/opt/ml/processing/debug`` -> ``debug.json``, declared as the PropertyFile
+``DebugReport`` that the quality gate reads (``summary.blocking_issues_found``).
+
+Arguments: ``--blocking-rules`` (``debugger.blocking_rules``) and one ``--<rule>-<parameter> <value>`` per
+configured rule parameter, both names in kebab case (``--vanishing-gradient-threshold 1e-07``,
+``--low-gpu-utilization-threshold-p95 70``). Parameter names and defaults follow the AWS Debugger built-in rules
+documentation (https://docs.aws.amazon.com/sagemaker/latest/dg/debugger-built-in-rules.html).
+"""
+
+from __future__ import annotations
+
+import re
+
+from sagemaker.processing import ProcessingInput, ProcessingOutput
+from sagemaker.workflow.functions import Join
+from sagemaker.workflow.properties import PropertyFile
+from sagemaker.workflow.steps import ProcessingStep, TrainingStep
+
+import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
+from imgclf.schemas import DEBUG_FILE, DEBUG_PROPERTY_FILE
+from steps.context import StepContext
+from steps.split import PROCESSING_ROOT, make_processor
+
+STEP_NAME = "debug"
+OUTPUT_NAME = "debug"
+TRAINING_OUTPUT_DIR = f"{PROCESSING_ROOT}/training-output"
+REPORT_DIR = f"{PROCESSING_ROOT}/debug"
+
+
+def kebab(name: str) -> str:
+    """``LowGPUUtilization`` -> ``low-gpu-utilization``; ``threshold_p95`` -> ``threshold-p95``."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name)
+    return spaced.replace("_", "-").lower()
+
+
+def rule_arguments(ctx: StepContext) -> list[str]:
+    """``--blocking-rules A,B`` then ``--<rule>-<param> <value>`` for each configured rule parameter (sorted)."""
+    debugger = ctx.config.debugger
+    arguments = ["--blocking-rules", ",".join(debugger.blocking_rules)]
+    for rules in (debugger.rules, debugger.profiler_rules):
+        for rule, params in sorted(rules.items()):
+            for param, value in sorted(params.items()):
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+                arguments += [f"--{kebab(rule)}-{kebab(param)}", text]
+    return arguments
+
+
+def build(ctx: StepContext, train: TrainingStep) -> tuple[ProcessingStep, PropertyFile]:
+    """Return the ``debug`` step and its ``DebugReport`` PropertyFile."""
+    report = PropertyFile(name=DEBUG_PROPERTY_FILE, output_name=OUTPUT_NAME, path=DEBUG_FILE)
+    training_output = Join(
+        on="/",
+        values=[
+            train.properties.OutputDataConfig.S3OutputPath,
+            train.properties.TrainingJobName,
+            "output",
+            "output.tar.gz",
+        ],
+    )
+    step_args = make_processor(ctx, STEP_NAME).run(
+        code="debug.py",
+        source_dir=ctx.code.s3_uri,
+        inputs=[ProcessingInput(input_name="training-output", source=training_output, destination=TRAINING_OUTPUT_DIR)],
+        outputs=[
+            ProcessingOutput(output_name=OUTPUT_NAME, source=REPORT_DIR, destination=ctx.s3_uri(STEP_NAME, OUTPUT_NAME))
+        ],
+        arguments=["--training-output", TRAINING_OUTPUT_DIR, "--output-dir", REPORT_DIR, *rule_arguments(ctx)],
+        kms_key=ctx.config.security.kms_key_id,
+    )
+    step = ProcessingStep(name=STEP_NAME, step_args=step_args, property_files=[report], cache_config=ctx.cache)
+    return step, report

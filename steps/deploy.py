@@ -1,0 +1,45 @@
+"""``deploy``: LambdaStep that creates or updates the real-time endpoint from the registered model package.
+
+The function (``deploy.lambda_function_name``) runs ``entrypoints/deploy_endpoint.py``'s ``handler``; ``upsert``
+creates or updates it. Inputs (the handler's event): ``model_package_arn`` (the register step's
+``ModelPackageArn``), ``endpoint_name``, ``instance_type``, ``initial_instance_count`` and ``role_arn`` (the role
+the endpoint's model runs as: the pipeline role). Outputs: ``endpoint_name`` and ``status`` (``Creating``,
+``Updating`` or ``Skipped`` when the package is not Approved).
+"""
+
+from __future__ import annotations
+
+from sagemaker.lambda_helper import Lambda
+from sagemaker.workflow.lambda_step import LambdaOutput, LambdaOutputTypeEnum, LambdaStep
+from sagemaker.workflow.model_step import ModelStep
+
+from steps.context import StepContext
+
+STEP_NAME = "deploy"
+
+
+def function_arn(ctx: StepContext) -> str:
+    """``arn:aws:lambda:<region>:<account>:function:<name>``; the account is read from the role ARN (no STS)."""
+    config = ctx.config
+    partition, account = config.role_arn.split(":")[1], config.role_arn.split(":")[4]
+    return f"arn:{partition}:lambda:{config.region}:{account}:function:{config.deploy.lambda_function_name}"
+
+
+def build(ctx: StepContext, register: ModelStep) -> LambdaStep:
+    """Return the ``deploy`` step (not cached: it acts on an endpoint, and LambdaStep takes no CacheConfig)."""
+    deploy = ctx.config.deploy
+    return LambdaStep(
+        name=STEP_NAME,
+        lambda_func=Lambda(function_arn=function_arn(ctx), session=ctx.session),
+        inputs={
+            "model_package_arn": register.properties.ModelPackageArn,
+            "endpoint_name": deploy.endpoint_name,
+            "instance_type": deploy.instance_type,
+            "initial_instance_count": deploy.initial_instance_count,
+            "role_arn": ctx.config.role_arn,
+        },
+        outputs=[
+            LambdaOutput(output_name="endpoint_name", output_type=LambdaOutputTypeEnum.String),
+            LambdaOutput(output_name="status", output_type=LambdaOutputTypeEnum.String),
+        ],
+    )

@@ -1,0 +1,57 @@
+"""``quality_gate``: ConditionStep between evaluation and registration.
+
+Passes when ``evaluation.json``'s ``multiclass_classification_metrics.accuracy.value >= AccuracyThreshold`` AND
+``debug.json``'s ``summary.blocking_issues_found == 0`` (both read with ``JsonGet`` through their PropertyFiles;
+paths from ``imgclf.schemas``). Then ``register`` (and ``deploy`` when enabled) run; otherwise the FailStep
+``quality_gate_failed`` ends the execution with a message holding the measured accuracy, the threshold, the
+number of blocking issues and the rules configured as blocking.
+"""
+
+from __future__ import annotations
+
+from sagemaker.workflow.condition_step import ConditionStep
+from sagemaker.workflow.conditions import ConditionEquals, ConditionGreaterThanOrEqualTo
+from sagemaker.workflow.fail_step import FailStep
+from sagemaker.workflow.functions import Join, JsonGet
+from sagemaker.workflow.properties import PropertyFile
+from sagemaker.workflow.steps import ProcessingStep, Step
+
+import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
+from imgclf.schemas import ACCURACY_JSON_PATH, BLOCKING_ISSUES_JSON_PATH
+from steps.context import StepContext
+
+STEP_NAME = "quality_gate"
+FAIL_STEP_NAME = "quality_gate_failed"
+
+
+def build(
+    ctx: StepContext,
+    evaluate: tuple[ProcessingStep, PropertyFile],
+    debug: tuple[ProcessingStep, PropertyFile],
+    if_steps: list[Step],
+) -> ConditionStep:
+    """Return the gate; ``evaluate`` and ``debug`` are (step, PropertyFile) pairs, ``if_steps`` run on a pass."""
+    accuracy = JsonGet(step_name=evaluate[0].name, property_file=evaluate[1], json_path=ACCURACY_JSON_PATH)
+    blocking = JsonGet(step_name=debug[0].name, property_file=debug[1], json_path=BLOCKING_ISSUES_JSON_PATH)
+    threshold = ctx.parameters.accuracy_threshold
+    blocking_rules = ", ".join(ctx.config.debugger.blocking_rules) or "none"
+    fail = FailStep(
+        name=FAIL_STEP_NAME,
+        error_message=Join(
+            on=" ",
+            values=[
+                "Quality gate failed: test accuracy", accuracy, "(threshold", threshold,
+                "); blocking Debugger issues found:", blocking, f"(blocking rules: {blocking_rules}).",
+                "See the evaluate and debug steps' reports.",
+            ],
+        ),  # fmt: skip
+    )
+    return ConditionStep(
+        name=STEP_NAME,
+        conditions=[
+            ConditionGreaterThanOrEqualTo(left=accuracy, right=threshold),
+            ConditionEquals(left=blocking, right=0),
+        ],
+        if_steps=if_steps,
+        else_steps=[fail],
+    )

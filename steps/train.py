@@ -1,0 +1,168 @@
+"""``train``: TrainingStep running ``train.py`` with the best hyperparameters the ``tune`` step found.
+
+Channels ``train`` and ``validation`` <- the split step's outputs. Hyperparameters: each tuned key from
+``tune.properties.BestTrainingJob.TunedHyperParameters[<key>]``, the rest from the config. Model artifacts to
+``s3://<bucket>/<prefix>/<pipeline>/train/<job name>/output/model.tar.gz``; ``output.tar.gz`` (history, tensors,
+profiler samples) beside it. Checkpoints at ``.../train/checkpoints``; spot training (``training.spot``) with
+``max_wait``. Several instances (``TrainingInstanceCount``) run torch distributed (torchrun) when the config's
+count is above 1; ``train.py`` reads SageMaker's distribution environment for DDP.
+
+Debugger: unmanaged by default (``train.py`` saves its tensors and utilization samples under
+``SM_OUTPUT_DATA_DIR``; the SDK adds no hook, rules or profiler). With ``debugger.managed: true`` the job also
+carries SageMaker's hook config, the five built-in rules with the configured parameters, the profiler config and
+the ProfilerReport and LowGPUUtilization profiler rules.
+"""
+
+from __future__ import annotations
+
+from sagemaker.debugger import (
+    CollectionConfig,
+    DebuggerHookConfig,
+    ProfilerConfig,
+    ProfilerRule,
+    Rule,
+    rule_configs,
+)
+from sagemaker.inputs import TrainingInput
+from sagemaker.pytorch import PyTorch
+from sagemaker.workflow.steps import ProcessingStep, TrainingStep, TuningStep
+
+import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
+from imgclf.metrics import METRIC_DEFINITIONS
+from steps.context import StepContext
+
+STEP_NAME = "train"
+CHANNELS = ("train", "validation")
+
+#: Managed Debugger built-in rules, by their config name (AWS Debugger built-in rules documentation).
+MANAGED_RULES = {
+    "VanishingGradient": rule_configs.vanishing_gradient,
+    "Overfit": rule_configs.overfit,
+    "Overtraining": rule_configs.overtraining,
+    "PoorWeightInitialization": rule_configs.poor_weight_initialization,
+    "LossNotDecreasing": rule_configs.loss_not_decreasing,
+}
+MANAGED_PROFILER_RULES = {"LowGPUUtilization": rule_configs.LowGPUUtilization}
+#: Collections the hook saves in managed mode (the ones the five rules read).
+HOOK_COLLECTIONS = ("losses", "gradients", "weights", "biases")
+
+
+def static_hyperparameters(ctx: StepContext) -> dict[str, str]:
+    """train.py's fixed hyperparameters (kebab-case names, string values): model, weights, image size,
+    Debugger save interval, profiler interval and ``training.hyperparameters``."""
+    config = ctx.config
+    values: dict[str, object] = {
+        "model": config.training.model,
+        "weights": config.training.weights,
+        "image-size": config.training.image_size,
+        "debug-save-interval": config.debugger.save_interval,
+        "profiler-interval": config.debugger.profiler_interval_s,
+        **config.training.hyperparameters,
+    }
+    return {key: _text(value) for key, value in sorted(values.items())}
+
+
+def _text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def channels(split: ProcessingStep) -> dict[str, TrainingInput]:
+    """``{"train": ..., "validation": ...}`` TrainingInputs on the split step's outputs of the same names."""
+    outputs = split.properties.ProcessingOutputConfig.Outputs
+    return {name: TrainingInput(s3_data=outputs[name].S3Output.S3Uri) for name in CHANNELS}
+
+
+def _managed_debugger(ctx: StepContext) -> dict:
+    debugger = ctx.config.debugger
+    interval = str(debugger.save_interval)
+    rules = []
+    for name, params in debugger.rules.items():
+        base = MANAGED_RULES[name]()
+        # keep each rule's collections (e.g. relu_input's include_regex), with our save interval
+        collections = [
+            CollectionConfig(c["CollectionName"], {**c.get("CollectionParameters", {}), "save_interval": interval})
+            for c in base.get("CollectionConfigurations", [])
+        ]
+        rules.append(
+            Rule.sagemaker(
+                base,
+                rule_parameters={key: _text(value) for key, value in params.items()},
+                collections_to_save=collections or None,
+            )
+        )
+    rules.append(ProfilerRule.sagemaker(rule_configs.ProfilerReport()))
+    for name, params in debugger.profiler_rules.items():
+        if name in MANAGED_PROFILER_RULES:
+            rule = MANAGED_PROFILER_RULES[name](**params)
+            rules.append(ProfilerRule.sagemaker(rule))
+    return {
+        "debugger_hook_config": DebuggerHookConfig(
+            s3_output_path=ctx.s3_uri(STEP_NAME, "debugger"),
+            collection_configs=[CollectionConfig(c, {"save_interval": interval}) for c in HOOK_COLLECTIONS],
+        ),
+        "rules": rules,
+        "profiler_config": ProfilerConfig(
+            s3_output_path=ctx.s3_uri(STEP_NAME, "profiler"),
+            system_monitor_interval_millis=max(100, int(debugger.profiler_interval_s * 1000)),
+        ),
+    }
+
+
+def make_estimator(ctx: StepContext, step: str, instance_count, checkpoints: bool, distributed: bool) -> PyTorch:
+    """The PyTorch estimator running ``train.py`` from the code bundle (tune and train share it).
+
+    ``instance_count``: an int or the ``TrainingInstanceCount`` parameter. ``checkpoints``: give the job a
+    checkpoint S3 URI (not for tuning jobs: parallel trials must not share a checkpoint folder).
+    ``distributed``: torch distributed (torchrun) when the config's ``instances.training_count`` is above 1.
+    """
+    config = ctx.config
+    kwargs: dict = {}
+    if config.debugger.managed:
+        kwargs.update(_managed_debugger(ctx))
+    else:
+        kwargs.update(debugger_hook_config=False, disable_profiler=True)
+    if config.training.spot:
+        kwargs.update(use_spot_instances=True, max_wait=config.training.max_wait_s)
+    if checkpoints and config.training.checkpoints:
+        kwargs["checkpoint_s3_uri"] = ctx.s3_uri(step, "checkpoints")
+    if distributed and config.instances.training_count > 1:
+        kwargs["distribution"] = {"torch_distributed": {"enabled": True}}
+    network = ctx.network_config
+    return PyTorch(
+        entry_point="train.py",
+        source_dir=ctx.code.s3_uri,
+        framework_version=config.framework.version,
+        py_version=config.framework.py_version,
+        image_uri=ctx.training_image,
+        role=config.role_arn,
+        instance_type=ctx.parameters.training_instance_type,
+        instance_count=instance_count,
+        volume_size=config.instances.volume_size_gb,
+        volume_kms_key=config.security.kms_key_id,
+        output_kms_key=config.security.kms_key_id,
+        max_run=config.instances.max_runtime_s,
+        output_path=ctx.s3_uri(step),
+        code_location=ctx.s3_uri("code"),
+        base_job_name=ctx.job_name(step),
+        hyperparameters=static_hyperparameters(ctx),
+        metric_definitions=list(METRIC_DEFINITIONS),
+        subnets=network.subnets if network else None,
+        security_group_ids=network.security_group_ids if network else None,
+        enable_network_isolation=config.security.enable_network_isolation,
+        encrypt_inter_container_traffic=config.security.encrypt_inter_container_traffic,
+        environment={"PYTHONUNBUFFERED": "1"},
+        sagemaker_session=ctx.session,
+        tags=ctx.tags,
+        **kwargs,
+    )
+
+
+def build(ctx: StepContext, split: ProcessingStep, tune: TuningStep) -> TrainingStep:
+    """Return the ``train`` step: the tuned hyperparameters of the best tuning job plus the static ones."""
+    estimator = make_estimator(
+        ctx, STEP_NAME, ctx.parameters.training_instance_count, checkpoints=True, distributed=True
+    )
+    best = tune.properties.BestTrainingJob.TunedHyperParameters
+    estimator.set_hyperparameters(**{key: best[key] for key in sorted(ctx.config.tuning.ranges)})
+    step_args = estimator.fit(inputs=channels(split))
+    return TrainingStep(name=STEP_NAME, step_args=step_args, cache_config=ctx.cache)

@@ -1,0 +1,69 @@
+"""``tune``: TuningStep, a HyperparameterTuner over the ``train.py`` estimator.
+
+Objective ``validation:accuracy`` (Maximize), parsed from train.py's metric line by ``imgclf.metrics``'
+MetricDefinitions. Ranges from ``tuning.ranges`` (lr log-scaled continuous, batch-size categorical, epochs
+integer, momentum, weight-decay); strategy Bayesian by default; early stopping ``Auto``. The job limits are
+static (``tuning.max_jobs``, ``tuning.max_parallel_jobs``): SageMaker takes no pipeline parameters there.
+Tuning jobs run on one ``TrainingInstanceType`` instance each, without checkpoints (trials run in parallel).
+"""
+
+from __future__ import annotations
+
+from sagemaker.tuner import CategoricalParameter, ContinuousParameter, HyperparameterTuner, IntegerParameter
+from sagemaker.workflow.steps import ProcessingStep, TuningStep
+
+import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
+from imgclf.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
+from pipeline.config import CategoricalRange, ContinuousRange, IntegerRange
+from steps import train
+from steps.context import StepContext
+
+STEP_NAME = "tune"
+
+
+class DeterministicTuningStep(TuningStep):
+    """TuningStep without the timestamped ``sagemaker_job_name`` static hyperparameter.
+
+    SDK 2.257.7's TrainingStep drops that hyperparameter from its request, its TuningStep does not: the tuner's
+    ``fit`` sets it to ``<base name>-<timestamp>``, which would make every build's definition differ and defeat
+    step caching. SageMaker names each tuning job's training jobs itself, so the value is not needed.
+    """
+
+    @property
+    def arguments(self):
+        request = super().arguments
+        for definition in [request.get("TrainingJobDefinition"), *request.get("TrainingJobDefinitions", [])]:
+            if definition:
+                definition.get("StaticHyperParameters", {}).pop("sagemaker_job_name", None)
+        return request
+
+
+def parameter_range(spec: ContinuousRange | IntegerRange | CategoricalRange):
+    """The SDK's range object for one ``tuning.ranges`` entry."""
+    if isinstance(spec, ContinuousRange):
+        return ContinuousParameter(spec.min, spec.max, scaling_type=spec.scaling)
+    if isinstance(spec, IntegerRange):
+        return IntegerParameter(spec.min, spec.max, scaling_type=spec.scaling)
+    return CategoricalParameter([str(value) for value in spec.values])
+
+
+def build(ctx: StepContext, split: ProcessingStep) -> TuningStep:
+    """Return the ``tune`` step over the split step's ``train`` and ``validation`` outputs."""
+    tuning = ctx.config.tuning
+    estimator = train.make_estimator(ctx, STEP_NAME, instance_count=1, checkpoints=False, distributed=False)
+    tuner = HyperparameterTuner(
+        estimator=estimator,
+        objective_metric_name=OBJECTIVE_METRIC,
+        objective_type=OBJECTIVE_TYPE,
+        hyperparameter_ranges={key: parameter_range(spec) for key, spec in sorted(tuning.ranges.items())},
+        metric_definitions=list(METRIC_DEFINITIONS),
+        strategy=tuning.strategy,
+        max_jobs=tuning.max_jobs,
+        max_parallel_jobs=tuning.max_parallel_jobs,
+        # Hyperband does its own early stopping; SageMaker rejects TrainingJobEarlyStoppingType with it.
+        early_stopping_type="Off" if tuning.strategy == "Hyperband" else tuning.early_stopping,
+        base_tuning_job_name=ctx.job_name(STEP_NAME),
+        tags=ctx.tags,
+    )
+    step_args = tuner.fit(inputs=train.channels(split))
+    return DeterministicTuningStep(name=STEP_NAME, step_args=step_args, cache_config=ctx.cache)

@@ -1,0 +1,285 @@
+"""The pipeline definition, parsed with json.loads: steps, references, rules, caching, parameters, determinism.
+
+Builds run with networking made impossible (a socket guard) and no AWS credentials in the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tarfile
+from io import BytesIO
+
+import pytest
+
+from pipeline import build as build_module
+from pipeline import package
+from pipeline.build import build, definition_json
+from pipeline.config import load_config
+
+EXPECTED_STEPS = [
+    ("split", "Processing"),
+    ("tune", "Tuning"),
+    ("train", "Training"),
+    ("debug", "Processing"),
+    ("evaluate", "Processing"),
+    ("quality_gate", "Condition"),
+]
+DEBUGGER_RULES = ["VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"]
+
+
+class NetworkAttempt(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """No credentials, no config files, and any socket connection raises (and is recorded)."""
+    attempts: list = []
+
+    def refuse(self, address, *args, **kwargs):
+        attempts.append(address)
+        raise NetworkAttempt(f"network call to {address} during an offline build")
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
+
+
+@pytest.fixture(scope="module")
+def default_build():
+    return build(load_config())
+
+
+@pytest.fixture(scope="module")
+def definition(default_build):
+    return json.loads(default_build.definition)
+
+
+def steps_by_name(definition: dict) -> dict:
+    steps = {}
+    for step in definition["Steps"]:
+        steps[step["Name"]] = step
+        for branch in ("IfSteps", "ElseSteps"):
+            for inner in step.get("Arguments", {}).get(branch, []):
+                steps[inner["Name"]] = inner
+    return steps
+
+
+def gets(node) -> list[str]:
+    """Every ``{"Get": ...}`` reference inside ``node``."""
+    if isinstance(node, dict):
+        found = [node["Get"]] if "Get" in node and isinstance(node["Get"], str) else []
+        return found + [ref for value in node.values() for ref in gets(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in gets(value)]
+    return []
+
+
+def test_build_is_offline_and_byte_identical(no_network):
+    config = load_config()
+    build_module._BUILDS.clear()  # build for real, twice (builds are memoised per process)
+    first = definition_json(config)
+    build_module._BUILDS.clear()
+    second = definition_json(load_config())
+    assert first == second
+    assert no_network == []
+    assert "Execution." not in first  # no ExecutionVariables (execution id, start time) anywhere
+
+
+def test_steps_names_types_and_branches(definition):
+    assert [(s["Name"], s["Type"]) for s in definition["Steps"]] == EXPECTED_STEPS
+    gate = steps_by_name(definition)["quality_gate"]["Arguments"]
+    assert [(s["Name"], s["Type"]) for s in gate["IfSteps"]] == [
+        ("register-RegisterModel", "RegisterModel"),
+        ("deploy", "Lambda"),
+    ]
+    assert [(s["Name"], s["Type"]) for s in gate["ElseSteps"]] == [("quality_gate_failed", "Fail")]
+
+
+def test_parameters_have_typed_defaults(definition):
+    params = {p["Name"]: (p["Type"], p["DefaultValue"]) for p in definition["Parameters"]}
+    config = load_config()
+    assert params == {
+        "InputDataUri": ("String", config.input_data_uri),
+        "ProcessingInstanceType": ("String", "ml.m5.xlarge"),
+        "TrainingInstanceType": ("String", "ml.g4dn.xlarge"),
+        "TrainingInstanceCount": ("Integer", 1),
+        "AccuracyThreshold": ("Float", config.evaluation.accuracy_threshold),
+        "ModelApprovalStatus": ("String", "PendingManualApproval"),
+    }
+
+
+def test_caching_on_cacheable_steps(definition):
+    steps = steps_by_name(definition)
+    for name in ("split", "tune", "train", "debug", "evaluate"):
+        assert steps[name]["CacheConfig"]["Enabled"] is True, name
+    assert "CacheConfig" not in steps["quality_gate"]
+
+
+def test_train_reads_tuned_hyperparameters_and_split_channels(definition):
+    train = steps_by_name(definition)["train"]["Arguments"]
+    hp = train["HyperParameters"]
+    for key in ("lr", "batch-size", "epochs", "momentum", "weight-decay"):
+        assert gets(hp[key]) == [f"Steps.tune.BestTrainingJob.TunedHyperParameters['{key}']"]
+    assert hp["sagemaker_program"] == '"train.py"'
+    assert hp["model"] == '"resnet18"'
+    channels = {c["ChannelName"]: gets(c) for c in train["InputDataConfig"]}
+    assert channels == {
+        "train": ["Steps.split.ProcessingOutputConfig.Outputs['train'].S3Output.S3Uri"],
+        "validation": ["Steps.split.ProcessingOutputConfig.Outputs['validation'].S3Output.S3Uri"],
+    }
+    assert "CheckpointConfig" in train
+    assert "DebugHookConfig" not in train and "DebugRuleConfigurations" not in train
+    assert train["ProfilerConfig"]["DisableProfiler"] is True
+    assert gets(train["ResourceConfig"]["InstanceCount"]) == ["Parameters.TrainingInstanceCount"]
+
+
+def test_tuning_config(definition):
+    tune = steps_by_name(definition)["tune"]["Arguments"]
+    config = tune["HyperParameterTuningJobConfig"]
+    assert config["HyperParameterTuningJobObjective"] == {"MetricName": "validation:accuracy", "Type": "Maximize"}
+    assert config["Strategy"] == "Bayesian"
+    assert config["TrainingJobEarlyStoppingType"] == "Auto"
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 12, "MaxParallelTrainingJobs": 3}
+    lr = next(r for r in config["ParameterRanges"]["ContinuousParameterRanges"] if r["Name"] == "lr")
+    assert lr["ScalingType"] == "Logarithmic"
+    assert [r["Name"] for r in config["ParameterRanges"]["CategoricalParameterRanges"]] == ["batch-size"]
+    assert [r["Name"] for r in config["ParameterRanges"]["IntegerParameterRanges"]] == ["epochs"]
+    job = tune["TrainingJobDefinition"]
+    names = [m["Name"] for m in job["AlgorithmSpecification"]["MetricDefinitions"]]
+    assert "validation:accuracy" in names
+    assert "sagemaker_job_name" not in job["StaticHyperParameters"]
+
+
+def test_debug_step_reads_train_output_and_carries_rules(definition):
+    debug = steps_by_name(definition)["debug"]
+    args = debug["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert args[args.index("--blocking-rules") + 1] == "VanishingGradient,PoorWeightInitialization"
+    flags = " ".join(a for a in args if a.startswith("--"))
+    for rule in ("vanishing-gradient", "overfit", "overtraining", "poor-weight-initialization",
+                 "loss-not-decreasing", "low-gpu-utilization"):  # fmt: skip
+        assert f"--{rule}-" in flags, rule
+    source = next(i for i in debug["Arguments"]["ProcessingInputs"] if i["InputName"] == "training-output")
+    join = source["S3Input"]["S3Uri"]["Std:Join"]
+    assert join["Values"][:2] == [
+        {"Get": "Steps.train.OutputDataConfig.S3OutputPath"},
+        {"Get": "Steps.train.TrainingJobName"},
+    ]
+    assert join["Values"][2:] == ["output", "output.tar.gz"]
+    assert debug["PropertyFiles"] == [
+        {"FilePath": "debug.json", "OutputName": "debug", "PropertyFileName": "DebugReport"}
+    ]
+
+
+def test_gate_reads_property_files_and_fail_message(definition):
+    steps = steps_by_name(definition)
+    conditions = steps["quality_gate"]["Arguments"]["Conditions"]
+    assert [c["Type"] for c in conditions] == ["GreaterThanOrEqualTo", "Equals"]
+    accuracy = conditions[0]["LeftValue"]["Std:JsonGet"]
+    assert accuracy["Path"] == "multiclass_classification_metrics.accuracy.value"
+    assert accuracy["PropertyFile"] == {"Get": "Steps.evaluate.PropertyFiles.EvaluationReport"}
+    assert conditions[0]["RightValue"] == {"Get": "Parameters.AccuracyThreshold"}
+    blocking = conditions[1]["LeftValue"]["Std:JsonGet"]
+    assert blocking["PropertyFile"] == {"Get": "Steps.debug.PropertyFiles.DebugReport"}
+    assert blocking["Path"] == "summary.blocking_issues_found"
+    assert conditions[1]["RightValue"] == 0
+    message = steps["quality_gate_failed"]["Arguments"]["ErrorMessage"]["Std:Join"]["Values"]
+    refs = [v for v in message if isinstance(v, dict)]
+    assert {"Get": "Parameters.AccuracyThreshold"} in refs
+    assert sorted(v["Std:JsonGet"]["Path"] for v in refs if "Std:JsonGet" in v) == [
+        "multiclass_classification_metrics.accuracy.value",
+        "summary.blocking_issues_found",
+    ]
+
+
+def test_register_and_deploy(definition):
+    steps = steps_by_name(definition)
+    register = steps["register-RegisterModel"]["Arguments"]
+    container = register["InferenceSpecification"]["Containers"][0]
+    assert "pytorch-inference" in container["Image"]
+    assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert gets(container["ModelDataUrl"]) == ["Steps.train.ModelArtifacts.S3ModelArtifacts"]
+    assert gets(register["ModelApprovalStatus"]) == ["Parameters.ModelApprovalStatus"]
+    assert gets(register["ModelMetrics"]) == [
+        "Steps.evaluate.ProcessingOutputConfig.Outputs['evaluation'].S3Output.S3Uri"
+    ]
+    assert not any("RepackModel" in name for name in steps)
+    deploy = steps["deploy"]
+    assert deploy["FunctionArn"] == "arn:aws:lambda:us-east-1:111122223333:function:image-classification-deploy"
+    assert gets(deploy["Arguments"]["model_package_arn"]) == ["Steps.register-RegisterModel.ModelPackageArn"]
+
+
+def test_code_bundle_is_in_definition_and_uploads(default_build, definition):
+    steps = steps_by_name(definition)
+    code_uri = json.loads(steps["train"]["Arguments"]["HyperParameters"]["sagemaker_submit_directory"])
+    assert code_uri in default_build.uploads
+    digest = code_uri.rsplit("/", 2)[-2]
+    assert package.hashlib.sha256(default_build.uploads[code_uri]).hexdigest().startswith(digest)
+    split_inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in steps["split"]["Arguments"]["ProcessingInputs"]}
+    assert split_inputs["code"] == code_uri
+    assert split_inputs["entrypoint"] in default_build.uploads  # runproc.sh kept for upsert, not uploaded
+    assert b"split.py" in default_build.uploads[split_inputs["entrypoint"]]
+    with tarfile.open(fileobj=BytesIO(default_build.uploads[code_uri])) as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert "train.py" in names and "imgclf/metrics.py" in names
+    assert names == sorted(names) and not any("__pycache__" in n for n in names)
+    assert {(m.mtime, m.uid, m.gid) for m in members} == {(0, 0, 0)}
+
+
+def test_managed_debugger_adds_rules_with_parameters():
+    config = load_config(overrides=["debugger.managed=true", "debugger.rules.Overfit.patience=3"])
+    train = steps_by_name(json.loads(definition_json(config)))["train"]["Arguments"]
+    rules = {r["RuleConfigurationName"]: r["RuleParameters"] for r in train["DebugRuleConfigurations"]}
+    assert sorted(rules) == sorted(DEBUGGER_RULES)
+    assert rules["Overfit"]["patience"] == "3"
+    assert rules["VanishingGradient"]["threshold"] == "1e-07"
+    assert rules["VanishingGradient"]["rule_to_invoke"] == "VanishingGradient"
+    profiler = {r["RuleConfigurationName"] for r in train["ProfilerRuleConfigurations"]}
+    assert profiler == {"ProfilerReport", "LowGPUUtilization"}
+    assert train["DebugHookConfig"]["S3OutputPath"].endswith("/train/debugger")
+    assert "DisableProfiler" not in train["ProfilerConfig"] or train["ProfilerConfig"]["DisableProfiler"] is False
+
+
+def test_multi_instance_and_no_deploy():
+    config = load_config(overrides=["instances.training_count=2", "deploy.enabled=false", "training.spot=true"])
+    steps = steps_by_name(json.loads(definition_json(config)))
+    train = steps["train"]["Arguments"]
+    assert train["HyperParameters"]["sagemaker_torch_distributed_enabled"] == "true"
+    tune_hp = steps["tune"]["Arguments"]["TrainingJobDefinition"]["StaticHyperParameters"]
+    assert "sagemaker_torch_distributed_enabled" not in tune_hp
+    assert train["EnableManagedSpotTraining"] is True
+    assert train["StoppingCondition"]["MaxWaitTimeInSeconds"] == 172800
+    assert "deploy" not in steps
+    tune_job = steps["tune"]["Arguments"]["TrainingJobDefinition"]
+    assert tune_job["HyperParameterTuningResourceConfig"]["InstanceCount"] == 1
+
+
+def test_code_change_changes_uri_only_for_code(tmp_path):
+    (tmp_path / "a.py").write_text("print(1)\n")
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"junk")
+    first = package.bundle("s3://b/p/code", tmp_path)
+    assert package.bundle("s3://b/p/code", tmp_path) == first
+    (tmp_path / "a.py").write_text("print(2)\n")
+    second = package.bundle("s3://b/p/code", tmp_path)
+    assert second.s3_uri != first.s3_uri and second.s3_uri.endswith("/sourcedir.tar.gz")
+
+
+def test_iam_policies_list_actions_without_wildcards():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "docs" / "iam"
+    policies = sorted(folder.glob("*.json"))
+    assert {p.name for p in policies} >= {"pipeline-execution-role.json", "scheduler-role.json",
+                                          "deploy-lambda-role.json"}  # fmt: skip
+    for path in policies:
+        for statement in json.loads(path.read_text())["Statement"]:
+            actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+            assert all("*" not in action for action in actions), path.name
