@@ -288,6 +288,8 @@ class Training:
             self.debug.train_mode()
         if self.train_sampler is not None:
             self.train_sampler.set_epoch(epoch)
+        # Shuffle order and worker seeds depend on (seed, epoch) alone, so a resumed run sees the same batches.
+        self.train_loader.generator.manual_seed(self.args.seed * 1000 + epoch)
         loss_sum = correct = seen = 0.0
         loaded_at = time.perf_counter()
         for step, (images, targets) in enumerate(self.train_loader):

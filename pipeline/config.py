@@ -25,11 +25,12 @@ from pipeline.cli import UserError
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "pipeline.yaml"
 
-#: train.py hyperparameters (docs/contracts.md), in their SageMaker (kebab-case) spelling.
+#: train.py hyperparameters (docs/contracts.md and ``train.py --help``), in their kebab-case spelling; a test
+#: checks that train.py accepts each one.
 TRAIN_HYPERPARAMETERS = (
     "model", "weights", "image-size", "epochs", "batch-size", "lr", "momentum", "weight-decay", "optimizer",
     "label-smoothing", "seed", "workers", "amp", "checkpoint-dir", "debug-save-interval", "profiler-interval",
-    "log-interval",
+    "augment", "lr-scheduler", "max-steps-per-epoch", "channels-last", "threads", "debugger",
 )  # fmt: skip
 #: Hyperparameters the tuner may search (docs/contracts.md).
 TUNABLE_HYPERPARAMETERS = ("lr", "batch-size", "epochs", "momentum", "weight-decay")
@@ -183,6 +184,10 @@ class Tuning(_Model):
     def _limits(self) -> Tuning:
         if self.max_parallel_jobs > self.max_jobs:
             raise ValueError(f"max_parallel_jobs {self.max_parallel_jobs} exceeds max_jobs {self.max_jobs}")
+        # SageMaker's Grid strategy searches categorical ranges only
+        numeric = sorted(k for k, r in self.ranges.items() if not isinstance(r, CategoricalRange))
+        if self.strategy == "Grid" and numeric:
+            raise ValueError(f"the Grid strategy takes categorical ranges only; make {', '.join(numeric)} categorical")
         return self
 
 

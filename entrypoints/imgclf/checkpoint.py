@@ -52,9 +52,13 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / CHECKPOINT_FILE
     with tempfile.NamedTemporaryFile(dir=directory, prefix=".checkpoint-", suffix=".tmp", delete=False) as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+        try:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            os.unlink(handle.name)
+            raise
     os.replace(handle.name, target)
     return target
 

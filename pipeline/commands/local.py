@@ -14,26 +14,55 @@ INPUT_PARAMETER = "InputDataUri"
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "run-local", help="run the pipeline definition locally: every step, tuning, registry and endpoint",
+        "run-local",
+        help="run the pipeline definition locally: every step, tuning, registry and endpoint",
         description="Build the definition from pipeline.yaml (with its local: block) and execute that JSON on this "
-                    "machine. A store folder plays S3; runs/<execution id>/ holds execution.json, job logs and "
-                    "the summary. Exit status: 0 when the execution succeeded, 1 when it failed, 2 on bad input.",
-    )  # fmt: skip
+        "machine. A store folder plays S3; runs/<execution id>/ holds execution.json, job logs and "
+        "the summary. Exit status: 0 when the execution succeeded, 1 when it failed, 2 on bad input.",
+    )
     parser.add_argument("--config", type=Path, default=None, help="pipeline.yaml (default: the repository's)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set tuning.max_jobs=2 (repeatable)")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="pipeline parameter, e.g. --param AccuracyThreshold=0.95 (repeatable)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help=f"a local ImageFolder tree, linked into the store at the {INPUT_PARAMETER} URI")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set tuning.max_jobs=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="pipeline parameter, e.g. --param AccuracyThreshold=0.95 (repeatable)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"a local ImageFolder tree, linked into the store at the {INPUT_PARAMETER} URI",
+    )
     parser.add_argument("--store", type=Path, default=Path(".store"), help="the local S3 folder (default .store)")
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="where executions are recorded (default runs)")
-    parser.add_argument("--resume", metavar="EXECUTION_ID", default=None,
-                        help="re-run what did not succeed in runs/<EXECUTION_ID> (same definition and parameters)")
-    parser.add_argument("--definition", type=Path, default=None,
-                        help="run this definition JSON file instead of building one from the config")
-    parser.add_argument("--demo", action="store_true",
-                        help="afterwards, serve the latest Approved package and send it real test images")
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs"), help="where executions are recorded (default runs)"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="EXECUTION_ID",
+        default=None,
+        help="re-run what did not succeed in runs/<EXECUTION_ID> (same definition and parameters)",
+    )
+    parser.add_argument(
+        "--definition",
+        type=Path,
+        default=None,
+        help="run this definition JSON file instead of building one from the config",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="afterwards, serve the latest Approved package and send it real test images",
+    )
     parser.add_argument("--cpus", type=int, default=None, help="CPU budget (default: all this process may use)")
     parser.add_argument("--no-logs", action="store_true", help="do not echo job logs (they stay in runs/<id>/jobs)")
     parser.add_argument("--keep-job-dirs", action="store_true", help="keep the job folders of completed jobs")
@@ -55,7 +84,9 @@ def _input_uri(definition: dict, parameters: dict[str, str]) -> str:
         return parameters[INPUT_PARAMETER]
     spec = next((p for p in definition.get("Parameters", []) if p["Name"] == INPUT_PARAMETER), None)
     if spec is None or "DefaultValue" not in spec:
-        raise UserError(f"--data needs a pipeline parameter {INPUT_PARAMETER} with a default (or --param {INPUT_PARAMETER}=s3://...)")
+        raise UserError(
+            f"--data needs a pipeline parameter {INPUT_PARAMETER} with a default (or --param {INPUT_PARAMETER}=s3://...)"
+        )
     return spec["DefaultValue"]
 
 
@@ -67,14 +98,23 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.local.store import StoreError
 
     parameters = _key_values(args.param, "--param")
-    options = RunOptions(store=args.store, runs=args.runs, parameters=parameters, cpus=args.cpus or cpu_count(),
-                         keep_job_dirs=args.keep_job_dirs)  # fmt: skip
+    options = RunOptions(
+        store=args.store,
+        runs=args.runs,
+        parameters=parameters,
+        cpus=args.cpus or cpu_count(),
+        keep_job_dirs=args.keep_job_dirs,
+    )
     if args.data is not None and not args.data.is_dir():
-        raise UserError(f"--data {args.data}: not a folder (make one with: python -m pipeline sample-data --out {args.data})")
+        raise UserError(
+            f"--data {args.data}: not a folder (make one with: python -m pipeline sample-data --out {args.data})"
+        )
     try:
         if args.resume:
             if args.definition or args.overrides or parameters:
-                raise UserError("--resume reuses the run's definition and parameters: drop --definition/--set/--param")
+                raise UserError(
+                    "--resume reuses the run's definition and parameters: drop --definition/--set/--param"
+                )
             execution = LocalExecution.resume(args.resume, options)
         else:
             if args.definition:
@@ -93,13 +133,20 @@ def run(args: argparse.Namespace) -> int:
     except (ExecutionError, StoreError, OSError, json.JSONDecodeError) as error:
         raise UserError(str(error)) from error
     if args.data is not None and args.resume:
-        options.links = {_input_uri(execution.definition, {k: str(v) for k, v in execution.record["Parameters"].items()}): args.data}
+        options.links = {
+            _input_uri(
+                execution.definition, {k: str(v) for k, v in execution.record["Parameters"].items()}
+            ): args.data
+        }
 
-    display = ProgressDisplay(list(execution.nodes), {n: node.type for n, node in execution.nodes.items()},
-                              logs=not args.no_logs)  # fmt: skip
+    display = ProgressDisplay(
+        list(execution.nodes), {n: node.type for n, node in execution.nodes.items()}, logs=not args.no_logs
+    )
     options.echo, options.on_event = display.echo, display.on_event
     console = display.console
-    console.print(f"execution {execution.id}: store {execution.store.root}, records {execution.run_dir}", highlight=False)
+    console.print(
+        f"execution {execution.id}: store {execution.store.root}, records {execution.run_dir}", highlight=False
+    )
     try:
         with display:
             record = execution.run()

@@ -110,8 +110,9 @@ def write_report(run_dir: Path, console: Console) -> None:
     console.print(f"report: {path}")
 
 
-def run_demo(record: dict, definition: dict, store: Store, run_dir: Path, *, count: int = 10,
-             console: Console | None = None) -> int:  # fmt: skip
+def run_demo(
+    record: dict, definition: dict, store: Store, run_dir: Path, *, count: int = 10, console: Console | None = None
+) -> int:
     """Run the demo for a finished execution ``record``; returns 0 on success, 1 if something is missing."""
     console = console or Console()
     accuracy = None
@@ -151,27 +152,45 @@ def _serve_and_predict(record: dict, store: Store, run_dir: Path, count: int, co
         table.add_column(column)
     correct = 0
     answers = []
-    endpoint = LocalEndpoint(model_path, run_dir / "jobs" / "demo-endpoint.log", sha256=digest,
-                             model_version=package["ModelPackageArn"])
+    endpoint = LocalEndpoint(
+        model_path, run_dir / "jobs" / "demo-endpoint.log", sha256=digest, model_version=package["ModelPackageArn"]
+    )
     try:
         with endpoint:
             console.print(f"endpoint: {endpoint.url} serving {model_path}")
             with httpx.Client(base_url=endpoint.url, timeout=60) as client:
                 for path, label in images:
-                    response = client.post("/invocations", content=path.read_bytes(),
-                                           headers={"Content-Type": "image/png", "Accept": "application/json"})  # fmt: skip
+                    response = client.post(
+                        "/invocations",
+                        content=path.read_bytes(),
+                        headers={"Content-Type": "image/png", "Accept": "application/json"},
+                    )
                     if response.status_code != 200:
                         table.add_row(path.name, label, f"HTTP {response.status_code}", response.text[:60], "x")
-                        answers.append({"image": path.name, "true_label": label, "predicted": None,
-                                        "probability": None, "status": response.status_code})
+                        answers.append(
+                            {
+                                "image": path.name,
+                                "true_label": label,
+                                "predicted": None,
+                                "probability": None,
+                                "status": response.status_code,
+                            }
+                        )
                         continue
                     predicted, probability = top_prediction(response.json())
                     ok = predicted == label
                     correct += ok
                     shown = f"{probability:.3f}" if isinstance(probability, (int, float)) else "-"
                     table.add_row(path.name, label, str(predicted), shown, "ok" if ok else "x")
-                    answers.append({"image": path.name, "true_label": label, "predicted": predicted,
-                                    "probability": probability, "status": response.status_code})
+                    answers.append(
+                        {
+                            "image": path.name,
+                            "true_label": label,
+                            "predicted": predicted,
+                            "probability": probability,
+                            "status": response.status_code,
+                        }
+                    )
     except EndpointError as error:
         console.print(f"demo: {error}")
         return 1

@@ -34,28 +34,50 @@ def _outputs(node: StepNode, values: dict) -> dict:
 def run_deploy(execution: LocalExecution, node: StepNode, arguments: dict) -> dict:
     """Run the deploy step; returns the step's outcome fields (StepStatus, Properties, Detail...)."""
     arn = arguments.get("model_package_arn") or next(
-        (v for v in arguments.values() if isinstance(v, str) and _PACKAGE_ARN.search(v)), None)
+        (v for v in arguments.values() if isinstance(v, str) and _PACKAGE_ARN.search(v)), None
+    )
     if not arn:
-        return {"StepStatus": "Failed", "FailureReason": f"Lambda {node.name}: no model package ARN among its inputs "
-                f"({', '.join(arguments)}); local mode runs the deploy function only"}  # fmt: skip
+        return {
+            "StepStatus": "Failed",
+            "FailureReason": f"Lambda {node.name}: no model package ARN among its inputs "
+            f"({', '.join(arguments)}); local mode runs the deploy function only",
+        }
     endpoint_name = str(arguments.get("endpoint_name") or node.name)
     package = resolve_model_package(execution.store.root, arn)
     description = package["description"]
     values = {"endpoint_name": endpoint_name, "model_package_arn": arn}
-    base = {"FunctionArn": node.spec.get("FunctionArn"), "Arguments": arguments,
-            "ModelDataUrl": str(package["model_path"]), "ModelDataSha256": package["sha256"]}  # fmt: skip
+    base = {
+        "FunctionArn": node.spec.get("FunctionArn"),
+        "Arguments": arguments,
+        "ModelDataUrl": str(package["model_path"]),
+        "ModelDataSha256": package["sha256"],
+    }
     if description.get("ModelApprovalStatus") != "Approved":
         values["status"] = "Skipped"
         reason = f"model package approval status is {description.get('ModelApprovalStatus')}, not Approved"
-        return {"StepStatus": "Succeeded", "Properties": {**base, "OutputParameters": _outputs(node, values),
-                "Reason": reason}, "Detail": reason}  # fmt: skip
+        return {
+            "StepStatus": "Succeeded",
+            "Properties": {**base, "OutputParameters": _outputs(node, values), "Reason": reason},
+            "Detail": reason,
+        }
     if not server_available():
         reason = "no local server in this checkout (pipeline/commands/serving.py): the endpoint was not started"
-        return {"StepStatus": "Skipped", "FailureReason": None, "Detail": reason,
-                "Properties": {**base, "OutputParameters": _outputs(node, {**values, "status": "Skipped"}),
-                               "Reason": reason}}  # fmt: skip
-    endpoint = LocalEndpoint(package["model_path"], execution.jobs_dir / f"{endpoint_name}-endpoint.log",
-                             sha256=package["sha256"], model_version=arn)
+        return {
+            "StepStatus": "Skipped",
+            "FailureReason": None,
+            "Detail": reason,
+            "Properties": {
+                **base,
+                "OutputParameters": _outputs(node, {**values, "status": "Skipped"}),
+                "Reason": reason,
+            },
+        }
+    endpoint = LocalEndpoint(
+        package["model_path"],
+        execution.jobs_dir / f"{endpoint_name}-endpoint.log",
+        sha256=package["sha256"],
+        model_version=arn,
+    )
     execution.update_step(node.name, Detail=f"starting endpoint {endpoint_name} on {endpoint.url}")
     try:
         with endpoint:
@@ -63,6 +85,13 @@ def run_deploy(execution: LocalExecution, node: StepNode, arguments: dict) -> di
     except EndpointError as error:
         return {"StepStatus": "Failed", "FailureReason": f"endpoint {endpoint_name}: {error}"}
     serve = f"python -m pipeline serve --model {arn} --store {execution.store.root}"
-    return {"StepStatus": "Succeeded", "Detail": f"{endpoint_name} answered /ping on {endpoint.url} (stopped)",
-            "Properties": {**base, "OutputParameters": _outputs(node, values), "ServeCommand": serve,
-                           "EndpointLog": str(endpoint.log_path)}}  # fmt: skip
+    return {
+        "StepStatus": "Succeeded",
+        "Detail": f"{endpoint_name} answered /ping on {endpoint.url} (stopped)",
+        "Properties": {
+            **base,
+            "OutputParameters": _outputs(node, values),
+            "ServeCommand": serve,
+            "EndpointLog": str(endpoint.log_path),
+        },
+    }

@@ -49,8 +49,14 @@ class LocalEndpoint:
     ``model_version``: echoed by the server in each response (the model package ARN).
     """
 
-    def __init__(self, model_path: Path, log_path: Path, port: int | None = None, sha256: str | None = None,
-                 model_version: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model_path: Path,
+        log_path: Path,
+        port: int | None = None,
+        sha256: str | None = None,
+        model_version: str | None = None,
+    ):
         self.model_path, self.log_path = Path(model_path), Path(log_path)
         self.port = port or free_port()
         self.sha256, self.model_version = sha256, model_version
@@ -61,7 +67,16 @@ class LocalEndpoint:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        command = [sys.executable, "-m", "pipeline", "serve", "--model", str(self.model_path), "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "serve",
+            "--model",
+            str(self.model_path),
+            "--port",
+            str(self.port),
+        ]
         if self.sha256:
             command += ["--sha256", self.sha256]
         if self.model_version:
@@ -77,15 +92,24 @@ class LocalEndpoint:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - owned by the process
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
-        self.process = subprocess.Popen(self.command(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                raise EndpointError(f"the endpoint exited with code {self.process.returncode}: {' | '.join(tail)} "
-                                    f"(log: {self.log_path})")  # fmt: skip
+                raise EndpointError(
+                    f"the endpoint exited with code {self.process.returncode}: {' | '.join(tail)} "
+                    f"(log: {self.log_path})"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/ping", timeout=2).status_code == 200:
                     return self

@@ -45,8 +45,13 @@ from pipeline.local.store import Store, StoreError, atomic_write_json
 from pipeline.local.tuning import run_tuning_job
 
 SUCCEEDED, FAILED, EXECUTING, STOPPED, SKIPPED, NOT_STARTED = (
-    "Succeeded", "Failed", "Executing", "Stopped", "Skipped", "NotStarted"
-)  # fmt: skip
+    "Succeeded",
+    "Failed",
+    "Executing",
+    "Stopped",
+    "Skipped",
+    "NotStarted",
+)
 DONE = (SUCCEEDED, FAILED, STOPPED, SKIPPED, NOT_STARTED)
 CACHE_FOLDER = ".cache"
 SUPPORTED_TYPES = ("Processing", "Training", "Tuning", "Condition", "Fail", "RegisterModel", "Model", "Lambda")
@@ -93,7 +98,9 @@ def resolve_parameters(declared: list[dict], overrides: dict[str, str]) -> dict[
     by_name = {p["Name"]: p for p in declared}
     unknown = sorted(set(overrides) - set(by_name))
     if unknown:
-        raise ExecutionError(f"--param {', '.join(unknown)}: not a parameter of this pipeline (has: {', '.join(by_name)})")
+        raise ExecutionError(
+            f"--param {', '.join(unknown)}: not a parameter of this pipeline (has: {', '.join(by_name)})"
+        )
     values = {}
     for name, spec in by_name.items():
         kind = spec.get("Type", "String")
@@ -145,7 +152,9 @@ def step_graph(definition: dict) -> dict[str, StepNode]:
         if name in nodes:
             raise ExecutionError(f"step name {name!r} is used twice")
         if kind not in SUPPORTED_TYPES:
-            raise ExecutionError(f"step {name}: type {kind!r} is not supported locally (supported: {', '.join(SUPPORTED_TYPES)})")
+            raise ExecutionError(
+                f"step {name}: type {kind!r} is not supported locally (supported: {', '.join(SUPPORTED_TYPES)})"
+            )
         body = {key: value for key, value in spec.items() if key not in ("DependsOn",)}
         if kind == "Condition":
             body = {"Arguments": {"Conditions": spec.get("Arguments", {}).get("Conditions", [])}}
@@ -177,8 +186,9 @@ class RunOptions:
     """How to run: folders, parameter overrides, CPU budget, what to show, extra objects for the store.
 
     ``uploads`` (S3 URI -> bytes) are written into the store before the run (the code bundle, runproc.sh):
-    what ``upsert`` uploads to S3 in AWS. ``links`` (S3 URI -> local folder) are linked into the store (``--data``). ``echo`` receives ``(job name, line)`` for each log line and
-    ``on_event`` receives ``(step name, step record)`` after each change (the progress display).
+    what ``upsert`` uploads to S3 in AWS. ``links`` (S3 URI -> local folder) are linked into the store
+    (``--data``). ``echo`` receives ``(job name, line)`` for each log line and ``on_event`` receives
+    ``(step name, step record)`` after each change (the progress display).
     """
 
     store: Path = Path(".store")
@@ -250,9 +260,12 @@ class LocalExecution:
             record = json.loads((run_dir / "execution.json").read_text())
             definition = json.loads((run_dir / "definition.json").read_text())
         except (OSError, json.JSONDecodeError) as error:
-            known = sorted(p.name for p in Path(options.runs).glob("*/execution.json")) if Path(options.runs).is_dir() else []
-            raise ExecutionError(f"--resume {execution_id}: cannot read {run_dir}/execution.json ({error}); "
-                                 f"runs here: {[Path(k).parent.name for k in known] or 'none'}") from error  # fmt: skip
+            runs = Path(options.runs)
+            known = sorted(p.parent.name for p in runs.glob("*/execution.json")) if runs.is_dir() else []
+            raise ExecutionError(
+                f"--resume {execution_id}: cannot read {run_dir}/execution.json ({error}); "
+                f"executions in {runs}: {', '.join(known) or 'none'}"
+            ) from error
         for step in record["Steps"]:
             if step["StepStatus"] != SUCCEEDED and not (step["StepStatus"] == SKIPPED and step.get("Branch")):
                 step.update(cls._blank_step_fields())
@@ -262,12 +275,26 @@ class LocalExecution:
 
     @staticmethod
     def _blank_step_fields() -> dict:
-        return {"StepStatus": NOT_STARTED, "StartTime": None, "EndTime": None, "DurationSeconds": None,
-                "FailureReason": None, "Properties": {}, "CacheHit": None, "Jobs": [], "Detail": ""}  # fmt: skip
+        return {
+            "StepStatus": NOT_STARTED,
+            "StartTime": None,
+            "EndTime": None,
+            "DurationSeconds": None,
+            "FailureReason": None,
+            "Properties": {},
+            "CacheHit": None,
+            "Jobs": [],
+            "Detail": "",
+        }
 
     def _blank_step(self, node: StepNode) -> dict:
-        return {"StepName": node.name, "StepType": node.type, "DependsOn": sorted(node.depends_on),
-                "Branch": list(node.branch) if node.branch else None, **self._blank_step_fields()}  # fmt: skip
+        return {
+            "StepName": node.name,
+            "StepType": node.type,
+            "DependsOn": sorted(node.depends_on),
+            "Branch": list(node.branch) if node.branch else None,
+            **self._blank_step_fields(),
+        }
 
     def _execution_arn(self) -> str:
         return f"arn:aws:sagemaker:us-east-1:000000000000:pipeline/{self.pipeline_name}/execution/{self.id}"
@@ -315,8 +342,11 @@ class LocalExecution:
     def property_file(self, step_name: str, file_name: str) -> Any:
         """A PropertyFile of a finished processing step: ``<output S3Uri>/<FilePath>`` read from the store."""
         node = self.nodes.get(step_name)
-        spec = next((p for p in (node.spec.get("PropertyFiles") or []) if p["PropertyFileName"] == file_name), None) \
-            if node else None  # fmt: skip
+        spec = (
+            next((p for p in (node.spec.get("PropertyFiles") or []) if p["PropertyFileName"] == file_name), None)
+            if node
+            else None
+        )
         if spec is None:
             raise ExpressionError(f"step {step_name} declares no PropertyFile {file_name!r}")
         properties = self.context().step_properties(step_name)
@@ -353,13 +383,18 @@ class LocalExecution:
     def cache_key(self, node: StepNode, arguments: dict) -> str:
         """SHA-256 over the pipeline and step name, step type, resolved arguments and input contents."""
         inputs = {uri: self.store.digest(uri) for uri in self._input_uris(node, arguments)}
-        blob = json.dumps([self.pipeline_name, node.name, node.type, arguments, node.spec.get("PropertyFiles"), inputs],
-                          sort_keys=True, default=str)  # fmt: skip
+        blob = json.dumps(
+            [self.pipeline_name, node.name, node.type, arguments, node.spec.get("PropertyFiles"), inputs],
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _cache_path(self, node: StepNode, key: str) -> Path:
         safe = re.sub(r"[^a-zA-Z0-9_-]", "_", node.name)
-        return self.store.root / CACHE_FOLDER / re.sub(r"[^a-zA-Z0-9_-]", "_", self.pipeline_name) / safe / f"{key}.json"
+        return (
+            self.store.root / CACHE_FOLDER / re.sub(r"[^a-zA-Z0-9_-]", "_", self.pipeline_name) / safe / f"{key}.json"
+        )
 
     def cache_lookup(self, node: StepNode, key: str) -> dict | None:
         """The cached record for ``key`` if it has not expired and its outputs are still in the store."""
@@ -391,9 +426,15 @@ class LocalExecution:
 
     def cache_save(self, node: StepNode, key: str, properties: dict) -> None:
         if (node.spec.get("CacheConfig") or {}).get("Enabled"):
-            atomic_write_json(self._cache_path(node, key), {
-                "Time": time.time(), "PipelineExecutionArn": self.record["PipelineExecutionArn"],
-                "StepName": node.name, "Properties": properties})  # fmt: skip
+            atomic_write_json(
+                self._cache_path(node, key),
+                {
+                    "Time": time.time(),
+                    "PipelineExecutionArn": self.record["PipelineExecutionArn"],
+                    "StepName": node.name,
+                    "Properties": properties,
+                },
+            )
 
     # -- running ------------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -440,7 +481,8 @@ class LocalExecution:
         cpus = max(1, self.options.cpus)
         running: dict[Future, str] = {}
         failed = False
-        with ThreadPoolExecutor(max_workers=cpus, thread_name_prefix="step") as pool:
+        pool = ThreadPoolExecutor(max_workers=cpus, thread_name_prefix="step")
+        try:
             while True:
                 if not failed:
                     for name in self.nodes:
@@ -456,14 +498,21 @@ class LocalExecution:
                     future.result()
                     if self.steps[name]["StepStatus"] in (FAILED, STOPPED):
                         failed = True
+        except BaseException:
+            self.stop_event.set()  # running jobs get SIGTERM; then the pool can drain
+            raise
+        finally:
+            pool.shutdown(wait=True)
         self._finish()
 
     def _finish(self) -> None:
+        changed: list[str] = []
         with self.lock:
             for name, node in self.nodes.items():
                 step = self.steps[name]
                 if step["StepStatus"] != NOT_STARTED:
                     continue
+                changed.append(name)
                 if node.branch and self.steps[node.branch[0]]["StepStatus"] == SUCCEEDED:
                     taken = self.steps[node.branch[0]]["Properties"].get("Outcome") == "True"
                     if taken != (node.branch[1] == "IfSteps"):
@@ -476,12 +525,18 @@ class LocalExecution:
                 fail_step = next((s for s in failures if s["StepType"] == "Fail"), None)
                 reason = (fail_step or failures[0])["FailureReason"]
                 status = FAILED if any(s["StepStatus"] == FAILED for s in failures) else STOPPED
-                self.record.update(PipelineExecutionStatus=status, FailureReason=f"Step {(fail_step or failures[0])['StepName']}: {reason}")
+                self.record.update(
+                    PipelineExecutionStatus=status,
+                    FailureReason=f"Step {(fail_step or failures[0])['StepName']}: {reason}",
+                )
             else:
                 self.record["PipelineExecutionStatus"] = SUCCEEDED
             self.record["EndTime"] = _now_iso()
             self.save()
             self._write_summary()
+        if self.options.on_event:
+            for name in changed:
+                self.options.on_event(name, dict(self.steps[name]))
 
     def _write_summary(self) -> None:
         lines = [f"execution {self.id}: {self.record['PipelineExecutionStatus']}"]
@@ -490,8 +545,10 @@ class LocalExecution:
         for step in self.record["Steps"]:
             duration = f"{step['DurationSeconds']:.1f}s" if step.get("DurationSeconds") is not None else "-"
             cache = " (cache hit)" if step.get("CacheHit") else ""
-            lines.append(f"  {step['StepName']:<24} {step['StepType']:<13} {step['StepStatus']:<10} {duration:>8}{cache}"
-                         + (f"  {step['FailureReason']}" if step.get("FailureReason") else ""))  # fmt: skip
+            lines.append(
+                f"  {step['StepName']:<24} {step['StepType']:<13} {step['StepStatus']:<10} {duration:>8}{cache}"
+                + (f"  {step['FailureReason']}" if step.get("FailureReason") else "")
+            )
         (self.run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
 
     def _run_step(self, name: str, threads: int) -> None:
@@ -509,16 +566,24 @@ class LocalExecution:
         self.update_step(name, EndTime=_now_iso(), DurationSeconds=round(end - start, 3), **outcome)
 
     def job_context(self, threads: int) -> JobContext:
-        return JobContext(store=self.store, jobs_dir=self.jobs_dir, echo=self.options.echo, threads=threads,
-                          keep_job_dirs=self.options.keep_job_dirs)  # fmt: skip
+        return JobContext(
+            store=self.store,
+            jobs_dir=self.jobs_dir,
+            echo=self.options.echo,
+            threads=threads,
+            keep_job_dirs=self.options.keep_job_dirs,
+        )
 
     def _job_record(self, result: JobResult, name_key: str, kind: str) -> dict:
         properties = result.properties
         return {
-            "JobName": properties.get(name_key), "JobType": kind, "Status": result.status,
+            "JobName": properties.get(name_key),
+            "JobType": kind,
+            "Status": result.status,
             "Log": os.path.relpath(result.log_path, self.run_dir) if result.log_path else None,
-            "Metrics": result.metrics, "FailureReason": result.failure_reason,
-        }  # fmt: skip
+            "Metrics": result.metrics,
+            "FailureReason": result.failure_reason,
+        }
 
     def _dispatch(self, node: StepNode, threads: int) -> dict:
         context = self.context()
@@ -528,22 +593,36 @@ class LocalExecution:
             evaluated = [
                 {"Type": c.get("Type"), "Outcome": expressions.evaluate_condition(c, context)}
                 for c in node.spec["Arguments"].get("Conditions", [])
-            ]  # fmt: skip
-            return {"StepStatus": SUCCEEDED, "Properties": {"Outcome": str(outcome)},
-                    "Metadata": {"Condition": {"Outcome": str(outcome), "Conditions": evaluated}},
-                    "Detail": f"Outcome {outcome}"}  # fmt: skip
+            ]
+            return {
+                "StepStatus": SUCCEEDED,
+                "Properties": {"Outcome": str(outcome)},
+                "Metadata": {"Condition": {"Outcome": str(outcome), "Conditions": evaluated}},
+                "Detail": f"Outcome {outcome}",
+            }
         if kind == "Fail":
-            message = expressions.to_text(expressions.evaluate(node.spec.get("Arguments", {}).get("ErrorMessage", ""), context))
+            message = expressions.to_text(
+                expressions.evaluate(node.spec.get("Arguments", {}).get("ErrorMessage", ""), context)
+            )
             return {"StepStatus": FAILED, "FailureReason": message, "Metadata": {"Fail": {"ErrorMessage": message}}}
         arguments = expressions.evaluate(node.spec.get("Arguments", {}), context)
         if kind == "RegisterModel":
             description = self.registry.create_model_package(arguments)
-            return {"StepStatus": SUCCEEDED, "Properties": description,
-                    "Detail": f"{description['ModelPackageArn']} ({description['ModelApprovalStatus']})"}  # fmt: skip
+            return {
+                "StepStatus": SUCCEEDED,
+                "Properties": description,
+                "Detail": f"{description['ModelPackageArn']} ({description['ModelApprovalStatus']})",
+            }
         if kind == "Model":
             model_name = self.job_name(node, arguments, "ModelName")
-            return {"StepStatus": SUCCEEDED, "Properties": {**arguments, "ModelName": model_name,
-                    "ModelArn": f"arn:aws:sagemaker:us-east-1:000000000000:model/{model_name}"}}  # fmt: skip
+            return {
+                "StepStatus": SUCCEEDED,
+                "Properties": {
+                    **arguments,
+                    "ModelName": model_name,
+                    "ModelArn": f"arn:aws:sagemaker:us-east-1:000000000000:model/{model_name}",
+                },
+            }
         if kind == "Lambda":
             from pipeline.local.deploy import run_deploy
 
@@ -552,37 +631,58 @@ class LocalExecution:
         key = self.cache_key(node, arguments)
         cached = self.cache_lookup(node, key)
         if cached is not None:
-            return {"StepStatus": SUCCEEDED, "Properties": cached["Properties"],
-                    "CacheHit": {"SourcePipelineExecutionArn": cached["PipelineExecutionArn"]},
-                    "Detail": "cache hit"}  # fmt: skip
+            return {
+                "StepStatus": SUCCEEDED,
+                "Properties": cached["Properties"],
+                "CacheHit": {"SourcePipelineExecutionArn": cached["PipelineExecutionArn"]},
+                "Detail": "cache hit",
+            }
         job_context = self.job_context(threads)
         if kind == "Processing":
             name = self.job_name(node, arguments, "ProcessingJobName")
             self.update_step(node.name, Detail=f"job {name}")
-            result = run_processing_job(arguments, name, job_context)
+            result = run_processing_job(arguments, name, job_context, stop_event=self.stop_event)
             jobs = [self._job_record(result, "ProcessingJobName", "ProcessingJob")]
         elif kind == "Training":
             name = self.job_name(node, arguments, "TrainingJobName")
             self.update_step(node.name, Detail=f"job {name}")
-            result = run_training_job(arguments, name, job_context, on_metrics=self._epoch_reporter(node.name),
-                                      stop_event=self.stop_event)  # fmt: skip
+            result = run_training_job(
+                arguments, name, job_context, on_metrics=self._epoch_reporter(node.name), stop_event=self.stop_event
+            )
             jobs = [self._job_record(result, "TrainingJobName", "TrainingJob")]
         else:  # Tuning
             name = self.job_name(node, arguments, "HyperParameterTuningJobName", limit=32)
-            result = run_tuning_job(arguments, name, job_context, state_dir=self.run_dir / "tuning" / node.name,
-                                    cpus=threads, on_trial=self._trial_reporter(node.name), stop_event=self.stop_event)  # fmt: skip
-            jobs = [{"JobName": s["TrainingJobName"], "JobType": "TrainingJob", "Status": s["TrainingJobStatus"],
-                     "Log": os.path.relpath(s["Log"], self.run_dir) if s.get("Log") else None,
-                     "TunedHyperParameters": s["TunedHyperParameters"],
-                     "ObjectiveValue": s.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value"),
-                     "FailureReason": s.get("FailureReason")}
-                    for s in result.properties.get("TrainingJobSummaries", [])]  # fmt: skip
+            result = run_tuning_job(
+                arguments,
+                name,
+                job_context,
+                state_dir=self.run_dir / "tuning" / node.name,
+                cpus=threads,
+                on_trial=self._trial_reporter(node.name),
+                stop_event=self.stop_event,
+            )
+            jobs = [
+                {
+                    "JobName": s["TrainingJobName"],
+                    "JobType": "TrainingJob",
+                    "Status": s["TrainingJobStatus"],
+                    "Log": os.path.relpath(s["Log"], self.run_dir) if s.get("Log") else None,
+                    "TunedHyperParameters": s["TunedHyperParameters"],
+                    "ObjectiveValue": s.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value"),
+                    "FailureReason": s.get("FailureReason"),
+                }
+                for s in result.properties.get("TrainingJobSummaries", [])
+            ]
         if result.status == "Completed":
             self.cache_save(node, key, result.properties)
             return {"StepStatus": SUCCEEDED, "Properties": result.properties, "Jobs": jobs}
         status = STOPPED if result.status == "Stopped" else FAILED
-        return {"StepStatus": status, "Properties": result.properties, "Jobs": jobs,
-                "FailureReason": result.failure_reason}  # fmt: skip
+        return {
+            "StepStatus": status,
+            "Properties": result.properties,
+            "Jobs": jobs,
+            "FailureReason": result.failure_reason,
+        }
 
     # -- progress -----------------------------------------------------------------------------------------------
     def _epoch_reporter(self, step_name: str) -> Callable[[dict[str, float]], None]:
@@ -613,7 +713,9 @@ class LocalExecution:
             elif event == "finished":
                 state.pop(short, None)
                 value = data.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
-                finished.append(f"{short}:{data['TrainingJobStatus']}" + (f"({value:.4f})" if value is not None else ""))
+                finished.append(
+                    f"{short}:{data['TrainingJobStatus']}" + (f"({value:.4f})" if value is not None else "")
+                )
             running = ", ".join(f"trial {k} {v}" for k, v in sorted(state.items()))
             self.update_step(step_name, Detail=f"{len(finished)} done [{' '.join(finished[-4:])}] {running}".strip())
 

@@ -87,7 +87,11 @@ def _step(value: Any, token: str | int, where: str) -> Any:
                 return value[token]
             raise ExpressionError(f"{where}: index {token} out of range (length {len(value)})")
         for item in value:
-            if isinstance(item, dict) and token in (item.get("OutputName"), item.get("ChannelName"), item.get("Name")):
+            if isinstance(item, dict) and token in (
+                item.get("OutputName"),
+                item.get("ChannelName"),
+                item.get("Name"),
+            ):
                 return item
         raise ExpressionError(f"{where}: no item named {token!r}")
     raise ExpressionError(f"{where}: cannot take {token!r} of a {type(value).__name__}")
@@ -198,7 +202,9 @@ def _json_get(spec: dict, context: Context) -> Any:
         reference = spec["PropertyFile"]
         reference = evaluate(reference, context) if isinstance(reference, dict) else reference
         if not isinstance(reference, _PropertyFileRef):
-            raise ExpressionError(f"Std:JsonGet: PropertyFile must be Get Steps.<step>.PropertyFiles.<name>, got {reference!r}")
+            raise ExpressionError(
+                f"Std:JsonGet: PropertyFile must be Get Steps.<step>.PropertyFiles.<name>, got {reference!r}"
+            )
         if context.property_file is None:
             raise ExpressionError("Std:JsonGet: property files are not available here")
         document = context.property_file(reference.step_name, reference.file_name)
@@ -266,7 +272,9 @@ def evaluate_condition(condition: dict, context: Context) -> bool:
         return not evaluate_condition(inner, context)
     if kind == "Or":
         return any(evaluate_condition(inner, context) for inner in condition.get("Conditions", []))
-    raise ExpressionError(f"unknown condition type {kind!r} (supported: Equals, {', '.join(_COMPARISONS)}, In, Not, Or)")
+    raise ExpressionError(
+        f"unknown condition type {kind!r} (supported: Equals, {', '.join(_COMPARISONS)}, In, Not, Or)"
+    )
 
 
 def evaluate_conditions(conditions: list[dict], context: Context) -> bool:

@@ -29,6 +29,7 @@ execution or another tuning trial never resumes from someone else's checkpoint.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import json
 import os
@@ -52,6 +53,7 @@ _CONTAINER_PATH = re.compile(r"(?<![\w/.])/opt/ml(?=/|$|\s|=)")
 #: Seconds between SIGTERM and SIGKILL when a job is stopped (SageMaker gives 120 s; a local run need not wait).
 STOP_GRACE_SECONDS = 10
 HOST = "algo-1"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 REGION = "us-east-1"
 ACCOUNT = "000000000000"
 
@@ -178,7 +180,9 @@ def run_process(
     """Run ``command``; stream its merged output to ``log_path`` and ``on_line``. Stop it when asked.
 
     The process gets its own session so that a stop (``on_line`` returning True, or ``stop_event`` set)
-    reaches its DataLoader workers too: SIGTERM to its process group, SIGKILL after STOP_GRACE_SECONDS.
+    reaches its DataLoader workers too: SIGTERM to its process group, SIGKILL after STOP_GRACE_SECONDS. On Linux
+    it also gets SIGTERM when the thread that started it dies (``PR_SET_PDEATHSIG``), so a killed ``run-local``
+    leaves no job running behind it (what ``--resume`` relies on).
 
     Returns ``(exit code, stopped, last 20 lines)``.
     """
@@ -187,16 +191,27 @@ def run_process(
     stopped = False
     with open(log_path, "a", encoding="utf-8", buffering=1) as log:
         process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1, start_new_session=True,
-        )  # fmt: skip
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         watcher = None
         if stop_event is not None:
+
             def watch():
                 while process.poll() is None:
                     if stop_event.wait(0.5):
                         _terminate(process)
                         return
+
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
         try:
@@ -213,6 +228,13 @@ def run_process(
                 _kill_group(process, signal.SIGKILL)  # leftover workers of a failed or stopped job
     stopped = stopped or bool(stop_event and stop_event.is_set())
     return returncode, stopped, tail
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent thread exits (no-op elsewhere)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _kill_group(process: subprocess.Popen, signum: int) -> None:
@@ -317,10 +339,14 @@ def _processing_command(arguments: dict, root: Path) -> tuple[list[str], Path]:
         if script is None or not script.is_file():
             raise JobError(f"{entrypoint}: the script is not among the job's inputs")
         return [sys.executable, *rest, *container_arguments], script.parent
-    raise JobError(f"ContainerEntrypoint {entrypoint}: local mode runs python scripts only (python3 <script> or runproc.sh)")
+    raise JobError(
+        f"ContainerEntrypoint {entrypoint}: local mode runs python scripts only (python3 <script> or runproc.sh)"
+    )
 
 
-def run_processing_job(arguments: dict, job_name: str, context: JobContext) -> JobResult:
+def run_processing_job(
+    arguments: dict, job_name: str, context: JobContext, *, stop_event: threading.Event | None = None
+) -> JobResult:
     """Run one processing job (resolved ``CreateProcessingJob`` arguments) as ``job_name``.
 
     Returns a JobResult whose ``properties`` follow DescribeProcessingJob (ProcessingJobName, ProcessingJobStatus,
@@ -338,7 +364,9 @@ def run_processing_job(arguments: dict, job_name: str, context: JobContext) -> J
         if s3 is None:
             raise JobError(f"ProcessingInput {item.get('InputName')}: only S3Input is supported locally")
         if s3.get("S3DataType", "S3Prefix") != "S3Prefix" or s3.get("S3CompressionType", "None") != "None":
-            raise JobError(f"ProcessingInput {item.get('InputName')}: only S3Prefix inputs without compression run locally")
+            raise JobError(
+                f"ProcessingInput {item.get('InputName')}: only S3Prefix inputs without compression run locally"
+            )
         destination = container_path(s3["LocalPath"], root)
         destination.mkdir(parents=True, exist_ok=True)
         try:
@@ -348,14 +376,24 @@ def run_processing_job(arguments: dict, job_name: str, context: JobContext) -> J
     outputs = arguments.get("ProcessingOutputConfig", {}).get("Outputs", [])
     for item in outputs:
         container_path(item["S3Output"]["LocalPath"], root).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(container_path("/opt/ml/config/processingjobconfig.json", root), {**arguments, "ProcessingJobName": job_name})
-    atomic_write_json(container_path("/opt/ml/config/resourceconfig.json", root), {"current_host": HOST, "hosts": [HOST]})
+    atomic_write_json(
+        container_path("/opt/ml/config/processingjobconfig.json", root), {**arguments, "ProcessingJobName": job_name}
+    )
+    atomic_write_json(
+        container_path("/opt/ml/config/resourceconfig.json", root), {"current_host": HOST, "hosts": [HOST]}
+    )
     command, cwd = _processing_command(arguments, root)
     env = _base_env(map_container_paths(arguments.get("Environment") or {}, root), context.threads)
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"# processing job {job_name}: {' '.join(command)}\n")
-    returncode, stopped, tail = run_process(command, cwd=cwd, env=env, log_path=log_path,
-                                            on_line=context.line_handler(job_name, None))
+    returncode, stopped, tail = run_process(
+        command,
+        cwd=cwd,
+        env=env,
+        log_path=log_path,
+        on_line=context.line_handler(job_name, None),
+        stop_event=stop_event,
+    )
     status, reason = "Completed", None
     if stopped:
         status, reason = "Stopped", "stopped on request"
@@ -363,7 +401,9 @@ def run_processing_job(arguments: dict, job_name: str, context: JobContext) -> J
         status, reason = "Failed", _failure_reason(Path(command[1]).name, returncode, tail)
     else:
         for item in outputs:
-            context.store.replace_prefix(container_path(item["S3Output"]["LocalPath"], root), item["S3Output"]["S3Uri"])
+            context.store.replace_prefix(
+                container_path(item["S3Output"]["LocalPath"], root), item["S3Output"]["S3Uri"]
+            )
     end = _now()
     properties = {
         **arguments,
@@ -448,8 +488,11 @@ def run_training_job(
             raise StoreError(f"training channel {name!r}: {error}") from error
         channels.append(name)
         env[f"SM_CHANNEL_{name.upper().replace('-', '_')}"] = str(destination)
-        input_config[name] = {"TrainingInputMode": "File", "S3DistributionType": source.get("S3DataDistributionType",
-                              "FullyReplicated"), "RecordWrapperType": "None"}  # fmt: skip
+        input_config[name] = {
+            "TrainingInputMode": "File",
+            "S3DistributionType": source.get("S3DataDistributionType", "FullyReplicated"),
+            "RecordWrapperType": "None",
+        }
 
     checkpoint_uri = (arguments.get("CheckpointConfig") or {}).get("S3Uri")
     checkpoint_dir = opt_ml / "checkpoints"
@@ -462,8 +505,9 @@ def run_training_job(
 
     atomic_write_json(config_dir / "hyperparameters.json", raw_hyperparameters)
     atomic_write_json(config_dir / "inputdataconfig.json", input_config)
-    atomic_write_json(config_dir / "resourceconfig.json", {"current_host": HOST, "hosts": [HOST],
-                                                           "network_interface_name": "eth0"})
+    atomic_write_json(
+        config_dir / "resourceconfig.json", {"current_host": HOST, "hosts": [HOST], "network_interface_name": "eth0"}
+    )
     debug_hook = arguments.get("DebugHookConfig")
     tensors_dir = opt_ml / "output" / "tensors"
     if debug_hook:
@@ -474,15 +518,28 @@ def run_training_job(
 
     user_hyperparameters = {k: v for k, v in hyperparameters.items() if not k.startswith("sagemaker_")}
     env.update(
-        SM_MODEL_DIR=str(model_dir), SM_OUTPUT_DATA_DIR=str(output_data_dir), SM_OUTPUT_DIR=str(opt_ml / "output"),
-        SM_INPUT_DIR=str(opt_ml / "input"), SM_INPUT_CONFIG_DIR=str(config_dir), SM_CHECKPOINT_DIR=str(checkpoint_dir),
-        SM_CHANNELS=json.dumps(sorted(channels)), SM_HPS=json.dumps(user_hyperparameters),
-        SM_NUM_GPUS="0", SM_NUM_CPUS=str(context.threads), SM_HOSTS=json.dumps([HOST]), SM_CURRENT_HOST=HOST,
-        SM_MODULE_DIR=str(submit_directory), SM_USER_ENTRY_POINT=str(program), SM_LOG_LEVEL="20",
-        SM_USER_ARGS=json.dumps(hyperparameter_arguments(user_hyperparameters)), TRAINING_JOB_NAME=job_name,
-    )  # fmt: skip
+        SM_MODEL_DIR=str(model_dir),
+        SM_OUTPUT_DATA_DIR=str(output_data_dir),
+        SM_OUTPUT_DIR=str(opt_ml / "output"),
+        SM_INPUT_DIR=str(opt_ml / "input"),
+        SM_INPUT_CONFIG_DIR=str(config_dir),
+        SM_CHECKPOINT_DIR=str(checkpoint_dir),
+        SM_CHANNELS=json.dumps(sorted(channels)),
+        SM_HPS=json.dumps(user_hyperparameters),
+        SM_NUM_GPUS="0",
+        SM_NUM_CPUS=str(context.threads),
+        SM_HOSTS=json.dumps([HOST]),
+        SM_CURRENT_HOST=HOST,
+        SM_MODULE_DIR=str(submit_directory),
+        SM_USER_ENTRY_POINT=str(program),
+        SM_LOG_LEVEL="20",
+        SM_USER_ARGS=json.dumps(hyperparameter_arguments(user_hyperparameters)),
+        TRAINING_JOB_NAME=job_name,
+    )
     for key, value in user_hyperparameters.items():
-        env[f"SM_HP_{key.upper().replace('-', '_')}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        env[f"SM_HP_{key.upper().replace('-', '_')}"] = (
+            json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        )
     env.update({k: str(v) for k, v in (arguments.get("Environment") or {}).items()})
 
     command = [sys.executable, str(program), *hyperparameter_arguments(user_hyperparameters)]
@@ -502,12 +559,19 @@ def run_training_job(
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"# training job {job_name}: {' '.join(command)}\n")
     returncode, stopped, tail = run_process(
-        command, cwd=code_dir, env=_base_env(env, context.threads), log_path=log_path,
-        on_line=context.line_handler(job_name, on_line), stop_event=stop_event,
-    )  # fmt: skip
+        command,
+        cwd=code_dir,
+        env=_base_env(env, context.threads),
+        log_path=log_path,
+        on_line=context.line_handler(job_name, on_line),
+        stop_event=stop_event,
+    )
     status, reason = "Completed", None
     if stopped:
-        status, reason = "Stopped", "stopped by the tuning job's early stopping" if on_metrics else "stopped on request"
+        status, reason = (
+            "Stopped",
+            "stopped by the tuning job's early stopping" if on_metrics else "stopped on request",
+        )
     elif returncode != 0:
         status, reason = "Failed", _failure_reason(program, returncode, tail)
     output_path = (arguments.get("OutputDataConfig") or {}).get("S3OutputPath", "").rstrip("/")
@@ -534,9 +598,10 @@ def run_training_job(
         "BillableTimeInSeconds": int(round(end - start)),
         "FinalMetricDataList": [
             {"MetricName": name, "Value": values[-1], "Timestamp": metric_times.get(name)}
-            for name, values in metrics.items() if values
+            for name, values in metrics.items()
+            if values
         ],
-    }  # fmt: skip
+    }
     if status == "Completed":
         properties["ModelArtifacts"] = {"S3ModelArtifacts": model_uri}
     if reason:

@@ -15,23 +15,37 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-STYLES = {"Succeeded": "green", "Failed": "bold red", "Stopped": "yellow", "Executing": "cyan", "Skipped": "dim",
-          "NotStarted": "dim"}  # fmt: skip
+STYLES = {
+    "Succeeded": "green",
+    "Failed": "bold red",
+    "Stopped": "yellow",
+    "Executing": "cyan",
+    "Skipped": "dim",
+    "NotStarted": "dim",
+}
 
 
 class ProgressDisplay:
     """Receives ``echo(job, line)`` and ``on_event(step, record)`` from the executor; use as a context manager."""
 
-    def __init__(self, step_names: list[str], step_types: dict[str, str], *, logs: bool = True,
-                 console: Console | None = None):  # fmt: skip
+    def __init__(
+        self, step_names: list[str], step_types: dict[str, str], *, logs: bool = True, console: Console | None = None
+    ):
         self.console = console or Console()
         self.logs = logs
-        self.rows = {name: {"StepStatus": "NotStarted", "StepType": step_types.get(name, ""), "Detail": ""}
-                     for name in step_names}  # fmt: skip
+        self.rows = {
+            name: {"StepStatus": "NotStarted", "StepType": step_types.get(name, ""), "Detail": ""}
+            for name in step_names
+        }
         self.started: dict[str, float] = {}
         self.lock = threading.Lock()
-        self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False,
-                         get_renderable=self._table) if self.console.is_terminal else None  # fmt: skip
+        self.live = (
+            Live(
+                self._table(), console=self.console, refresh_per_second=4, transient=False, get_renderable=self._table
+            )
+            if self.console.is_terminal
+            else None
+        )
 
     def _table(self) -> Table:
         table = Table(title="run-local", expand=False, show_edge=False)
@@ -46,8 +60,9 @@ class ProgressDisplay:
             else:
                 elapsed = ""
             detail = row.get("FailureReason") or row.get("Detail") or ""
-            table.add_row(name, row["StepType"], f"[{STYLES.get(status, '')}]{status}[/]", elapsed,
-                          escape(str(detail)[:160]))  # fmt: skip
+            table.add_row(
+                name, row["StepType"], f"[{STYLES.get(status, '')}]{status}[/]", elapsed, escape(str(detail)[:160])
+            )
         return table
 
     def echo(self, job: str, line: str) -> None:
@@ -63,8 +78,11 @@ class ProgressDisplay:
         if self.live is None and record["StepStatus"] != previous:
             duration = f" in {record['DurationSeconds']:.1f}s" if record.get("DurationSeconds") is not None else ""
             extra = record.get("FailureReason") or record.get("Detail") or ""
-            self.console.print(f"step {step}: {record['StepStatus']}{duration}" + (f" ({extra})" if extra else ""),
-                               highlight=False, markup=False)  # fmt: skip
+            self.console.print(
+                f"step {step}: {record['StepStatus']}{duration}" + (f" ({extra})" if extra else ""),
+                highlight=False,
+                markup=False,
+            )
 
     def __enter__(self) -> ProgressDisplay:
         if self.live is not None:

@@ -136,9 +136,7 @@ class ModelRegistry:
         with self._locked(group) as folder:
             versions = [int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit()]
             version = max(versions, default=0) + 1
-            description = {
-                key: value for key, value in request.items() if key not in ("ModelPackageName",)
-            }
+            description = {key: value for key, value in request.items() if key not in ("ModelPackageName",)}
             description.update(
                 ModelPackageGroupName=group,
                 ModelPackageVersion=version,
@@ -193,13 +191,17 @@ class ModelRegistry:
         packages = self.list_model_packages(group, approval_status)
         if not packages:
             status = f" {approval_status}" if approval_status else ""
-            raise RegistryError(f"no{status} model package in group {group!r} (registry {self.root}); run run-local first")
+            raise RegistryError(
+                f"no{status} model package in group {group!r} (registry {self.root}); run run-local first"
+            )
         return packages[-1]
 
     def update_model_package(self, name: str, approval_status: str) -> dict:
         """UpdateModelPackage: set ``ModelApprovalStatus``. Returns the new description."""
         if approval_status not in APPROVAL_STATUSES:
-            raise RegistryError(f"ModelApprovalStatus {approval_status!r}: expected one of {', '.join(APPROVAL_STATUSES)}")
+            raise RegistryError(
+                f"ModelApprovalStatus {approval_status!r}: expected one of {', '.join(APPROVAL_STATUSES)}"
+            )
         description = self.describe_model_package(name)
         with self._locked(description["ModelPackageGroupName"]) as folder:
             description.update(ModelApprovalStatus=approval_status, LastModifiedTime=time.time())
@@ -218,7 +220,9 @@ class ModelRegistry:
         if not path.is_file():
             raise RegistryError(f"{url}: the registered model archive is missing from the store ({path})")
         if expected and sha256_file(path) != expected:
-            raise RegistryError(f"{url}: SHA-256 differs from the one registered for {description['ModelPackageArn']}")
+            raise RegistryError(
+                f"{url}: SHA-256 differs from the one registered for {description['ModelPackageArn']}"
+            )
         return path, expected or sha256_file(path)
 
 

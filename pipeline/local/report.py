@@ -204,7 +204,7 @@ def _tuning_section(data: RunData) -> str:
         mark = " &#9733; best" if trial is best else ""
         value = trial.get("ObjectiveValue")
         rows.append([html.escape(str(trial.get("JobName", ""))) + mark, _badge(trial.get("Status", ""))]
-                    + [html.escape(str(trial["TunedHyperParameters"].get(n, ""))) for n in names]
+                    + [html.escape(str(trial["TunedHyperParameters"].get(n, "")).strip('"')) for n in names]
                     + [f"{value:.4f}" if isinstance(value, (int, float)) else "-"])  # fmt: skip
     plot = _img(_plot_tuning(scored, names, best), "tuning trials") if scored else "<p>no trial has an objective</p>"
     return plot + _table(["trial", "status", *names, "objective"], rows)
@@ -369,7 +369,7 @@ def _plot_step_graph(steps: list[dict]) -> str:
     layers: dict[int, list[str]] = {}
     for name in names:
         layers.setdefault(level(name), []).append(name)
-    width = max(len(layers) * 2.3, 6)
+    width = max(len(layers) * 2.6, 6)
     height = max(max(len(v) for v in layers.values()) * 1.0, 2.2)
     fig, ax = _figure(width, height)
     position = {}
@@ -438,7 +438,11 @@ def _plot_history(epochs: list[dict]) -> str:
             if any(isinstance(v, (int, float)) for v in values):
                 ax.plot(x, [v if isinstance(v, (int, float)) else math.nan for v in values], style, label=split, ms=4)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(x) <= 20:
+            ax.set_xticks(x)
+            ax.set_xlim(min(x) - 0.5, max(x) + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

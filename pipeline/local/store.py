@@ -146,7 +146,9 @@ class Store:
                     if sibling.is_file():
                         found.append((sibling.name, sibling))
                     elif sibling.is_dir():
-                        found.extend((f"{sibling.name}/{p.relative_to(sibling).as_posix()}", p) for p in _walk_files(sibling))
+                        found.extend(
+                            (f"{sibling.name}/{p.relative_to(sibling).as_posix()}", p) for p in _walk_files(sibling)
+                        )
         return found
 
     def read_bytes(self, uri: str) -> bytes:

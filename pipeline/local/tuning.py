@@ -95,11 +95,15 @@ def _grid(space: dict[str, Any]) -> dict[str, list]:
         elif isinstance(distribution, IntDistribution):
             grid[name] = list(range(distribution.low, distribution.high + 1))
         else:
-            raise JobError(f"Strategy Grid: {name!r} is a continuous range; Grid takes categorical (or integer) ranges")
+            raise JobError(
+                f"Strategy Grid: {name!r} is a continuous range; Grid takes categorical (or integer) ranges"
+            )
     return grid
 
 
-def sampler_and_pruner(config: dict, space: dict[str, Any]) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+def sampler_and_pruner(
+    config: dict, space: dict[str, Any]
+) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     """The optuna sampler and pruner for a ``HyperParameterTuningJobConfig`` (see the module docstring).
 
     Raises:
@@ -110,8 +114,9 @@ def sampler_and_pruner(config: dict, space: dict[str, Any]) -> tuple[optuna.samp
     early_stopping = config.get("TrainingJobEarlyStoppingType", "Off") == "Auto"
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
-        if early_stopping else optuna.pruners.NopPruner()
-    )  # fmt: skip
+        if early_stopping
+        else optuna.pruners.NopPruner()
+    )
     if strategy == "Bayesian":
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True), pruner
     if strategy == "Random":
@@ -121,7 +126,9 @@ def sampler_and_pruner(config: dict, space: dict[str, Any]) -> tuple[optuna.samp
         return optuna.samplers.RandomSampler(seed=seed), pruner
     if strategy == "Hyperband":
         return optuna.samplers.RandomSampler(seed=seed), optuna.pruners.HyperbandPruner(min_resource=1)
-    raise JobError(f"HyperParameterTuningJobConfig.Strategy {strategy!r}: expected Bayesian, Random, Grid or Hyperband")
+    raise JobError(
+        f"HyperParameterTuningJobConfig.Strategy {strategy!r}: expected Bayesian, Random, Grid or Hyperband"
+    )
 
 
 def _as_hyperparameter(value: Any) -> str:
@@ -139,10 +146,21 @@ def trial_job_name(tuning_job_name: str, number: int) -> str:
 
 def _training_arguments(definition: dict, hyperparameters: dict[str, str]) -> dict:
     """CreateTrainingJob arguments of one trial from the tuning job's TrainingJobDefinition."""
-    arguments = {key: value for key, value in definition.items()
-                 if key not in ("StaticHyperParameters", "HyperParameterTuningResourceConfig", "DefinitionName",
-                                "TuningObjective", "HyperParameterRanges")}  # fmt: skip
-    arguments["ResourceConfig"] = definition.get("ResourceConfig") or definition.get("HyperParameterTuningResourceConfig", {})
+    arguments = {
+        key: value
+        for key, value in definition.items()
+        if key
+        not in (
+            "StaticHyperParameters",
+            "HyperParameterTuningResourceConfig",
+            "DefinitionName",
+            "TuningObjective",
+            "HyperParameterRanges",
+        )
+    }
+    arguments["ResourceConfig"] = definition.get("ResourceConfig") or definition.get(
+        "HyperParameterTuningResourceConfig", {}
+    )
     arguments["HyperParameters"] = hyperparameters
     return arguments
 
@@ -179,7 +197,9 @@ def run_tuning_job(
     config = arguments.get("HyperParameterTuningJobConfig") or {}
     definition = arguments.get("TrainingJobDefinition")
     if definition is None:
-        raise JobError("tuning job: only a single TrainingJobDefinition is supported locally (not TrainingJobDefinitions)")
+        raise JobError(
+            "tuning job: only a single TrainingJobDefinition is supported locally (not TrainingJobDefinitions)"
+        )
     objective = config.get("HyperParameterTuningJobObjective") or definition.get("TuningObjective") or {}
     metric_name = objective.get("MetricName")
     maximize = objective.get("Type", "Maximize") == "Maximize"
@@ -201,13 +221,17 @@ def run_tuning_job(
     state_dir.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(state_dir / "optuna.journal")))
     study = optuna.create_study(
-        study_name=tuning_job_name, storage=storage, sampler=sampler, pruner=pruner,
-        direction="maximize" if maximize else "minimize", load_if_exists=True,
-    )  # fmt: skip
+        study_name=tuning_job_name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction="maximize" if maximize else "minimize",
+        load_if_exists=True,
+    )
     if config.get("Strategy") == "Grid" and not study.get_trials(deepcopy=False):
         grid = _grid(space)
         for values in itertools.product(*grid.values()):
-            study.enqueue_trial(dict(zip(grid, values)))
+            study.enqueue_trial(dict(zip(grid, values, strict=True)))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # Left running by a killed run: recorded as failed and not counted, so that trial runs again.
         storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
@@ -218,7 +242,9 @@ def run_tuning_job(
 
     def counted() -> int:
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        return sum(1 for t in study.get_trials(deepcopy=False, states=finished) if not t.user_attrs.get("interrupted"))
+        return sum(
+            1 for t in study.get_trials(deepcopy=False, states=finished) if not t.user_attrs.get("interrupted")
+        )
 
     def run_trial(trial: optuna.Trial) -> None:
         name = trial_job_name(tuning_job_name, trial.number)
@@ -239,12 +265,19 @@ def run_tuning_job(
                 return trial.should_prune()
 
         try:
-            result = run_training_job(_training_arguments(definition, {**static, **tuned}), name, trial_context,
-                                      on_metrics=on_metrics, stop_event=stop_event)  # fmt: skip
+            result = run_training_job(
+                _training_arguments(definition, {**static, **tuned}),
+                name,
+                trial_context,
+                on_metrics=on_metrics,
+                stop_event=stop_event,
+            )
         except Exception as error:  # a trial that cannot start fails alone, as on SageMaker
             result = JobResult("Failed", {"TrainingJobName": name}, f"{type(error).__name__}: {error}")
-        final = next((m["Value"] for m in result.properties.get("FinalMetricDataList", [])
-                      if m["MetricName"] == metric_name), None)  # fmt: skip
+        final = next(
+            (m["Value"] for m in result.properties.get("FinalMetricDataList", []) if m["MetricName"] == metric_name),
+            None,
+        )
         summary = {
             "TrainingJobName": name,
             "TrainingJobArn": job_arn("training-job", name),
@@ -258,7 +291,10 @@ def run_tuning_job(
         }
         if final is not None:
             summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
-                "Type": "Maximize" if maximize else "Minimize", "MetricName": metric_name, "Value": final}
+                "Type": "Maximize" if maximize else "Minimize",
+                "MetricName": metric_name,
+                "Value": final,
+            }
         if result.failure_reason:
             summary["FailureReason"] = result.failure_reason
         with lock:
@@ -291,10 +327,14 @@ def run_tuning_job(
     return _tuning_result(arguments, tuning_job_name, study, maximize, start, stop_event)
 
 
-def _tuning_result(arguments: dict, name: str, study: optuna.Study, maximize: bool, start: float,
-                   stop_event: threading.Event | None) -> JobResult:
-    summaries = [t.user_attrs["summary"] for t in study.get_trials(deepcopy=False)
-                 if "summary" in t.user_attrs and not t.user_attrs.get("interrupted")]  # fmt: skip
+def _tuning_result(
+    arguments: dict, name: str, study: optuna.Study, maximize: bool, start: float, stop_event: threading.Event | None
+) -> JobResult:
+    summaries = [
+        t.user_attrs["summary"]
+        for t in study.get_trials(deepcopy=False)
+        if "summary" in t.user_attrs and not t.user_attrs.get("interrupted")
+    ]
     sign = -1 if maximize else 1
 
     def rank(summary: dict) -> tuple:
@@ -303,8 +343,10 @@ def _tuning_result(arguments: dict, name: str, study: optuna.Study, maximize: bo
         return (0 if ok else 1, sign * metric["Value"] if ok else 0.0, summary["TrainingJobName"])
 
     summaries.sort(key=rank)
-    counters = {status: sum(1 for s in summaries if s["TrainingJobStatus"] == status)
-                for status in ("Completed", "InProgress", "Stopped")}  # fmt: skip
+    counters = {
+        status: sum(1 for s in summaries if s["TrainingJobStatus"] == status)
+        for status in ("Completed", "InProgress", "Stopped")
+    }
     counters["NonRetryableError"] = sum(1 for s in summaries if s["TrainingJobStatus"] == "Failed")
     counters["RetryableError"] = 0
     best = summaries[0] if summaries and rank(summaries[0])[0] == 0 else None
@@ -325,7 +367,10 @@ def _tuning_result(arguments: dict, name: str, study: optuna.Study, maximize: bo
     if stop_event is not None and stop_event.is_set():
         status, reason = "Stopped", "the tuning job was stopped"
     elif best is None:
-        status, reason = "Failed", f"No training job succeeded ({len(summaries)} failed or were stopped); see their logs"
+        status, reason = (
+            "Failed",
+            f"No training job succeeded ({len(summaries)} failed or were stopped); see their logs",
+        )
     else:
         status, reason = "Completed", None
         properties["BestTrainingJob"] = best

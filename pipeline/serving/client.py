@@ -52,16 +52,20 @@ def invocations_url(endpoint: str) -> str:
     return endpoint if parts.path.rstrip("/").endswith("/invocations") else endpoint.rstrip("/") + "/invocations"
 
 
-def _parse(image: str, status: int, body: bytes) -> Prediction:
+def _parse(image: str, status: int, body: bytes) -> list[Prediction]:
+    """One Prediction per image in the answer (a JSON request may hold several: ``name[0]``, ``name[1]``...)."""
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return Prediction(image, status=status, error=body[:300].decode("utf-8", "replace") or f"HTTP {status}")
-    if status != 200 or not isinstance(payload, dict) or "predictions" not in payload:
+        return [Prediction(image, status=status, error=body[:300].decode("utf-8", "replace") or f"HTTP {status}")]
+    if status != 200 or not isinstance(payload, dict) or not isinstance(payload.get("predictions"), list):
         message = payload.get("error") if isinstance(payload, dict) else None
-        return Prediction(image, status=status, error=message or json.dumps(payload)[:300])
-    labels = payload["predictions"][0] if payload["predictions"] else []
-    return Prediction(image, labels, status, model_version=payload.get("model_version"))
+        return [Prediction(image, status=status, error=message or json.dumps(payload)[:300])]
+    rows = payload["predictions"]
+    version = payload.get("model_version")
+    if len(rows) == 1:
+        return [Prediction(image, rows[0], status, model_version=version)]
+    return [Prediction(f"{image}[{index}]", labels, status, model_version=version) for index, labels in enumerate(rows)]
 
 
 def _read(path: Path) -> bytes:
@@ -89,7 +93,7 @@ def predict_http(endpoint: str, images: list[Path], top_k: int = 5, timeout_s: f
             except httpx.HTTPError as error:
                 raise PredictError(f"cannot reach {url} ({type(error).__name__}: {error}): is the endpoint running? "
                                    "start one with: python -m pipeline serve --model MODEL") from error
-            results.append(_parse(str(path), response.status_code, response.content))
+            results.extend(_parse(str(path), response.status_code, response.content))
     return results
 
 
@@ -117,7 +121,7 @@ def predict_sagemaker(endpoint_name: str, images: list[Path], top_k: int = 5,
             response = runtime.invoke_endpoint(EndpointName=endpoint_name, ContentType=content_type_for(path),
                                                Accept="application/json", Body=_read(path),
                                                CustomAttributes=f"top_k={top_k}")
-            results.append(_parse(str(path), 200, response["Body"].read()))
+            results.extend(_parse(str(path), 200, response["Body"].read()))
         except NoCredentialsError as error:
             raise PredictError("no AWS credentials found: run `aws configure` (or `aws sso login` and set "
                                "AWS_PROFILE), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from error
@@ -127,7 +131,7 @@ def predict_sagemaker(endpoint_name: str, images: list[Path], top_k: int = 5,
             if code == "ModelError":  # the container answered with an error status: per image
                 status = int(error.response.get("OriginalStatusCode") or 400)
                 original = error.response.get("OriginalMessage") or message
-                results.append(_parse(str(path), status, original.encode("utf-8")))
+                results.extend(_parse(str(path), status, original.encode("utf-8")))
                 continue
             if code in ("AccessDeniedException", "AccessDenied", "UnrecognizedClientException",
                         "InvalidSignatureException", "ExpiredTokenException"):

@@ -44,7 +44,7 @@ def aws_env(moto_endpoint, monkeypatch):
 @pytest.fixture
 def config(aws_env, request):
     """A config whose roles exist in moto's IAM and whose names are unique to the test (moto state is shared)."""
-    name = request.node.name.replace("_", "-")[:40]
+    name = request.node.name.replace("_", "-")[:40].strip("-")
     iam = boto3.client("iam", region_name=REGION)
     roles = {}
     for role in ("pipeline", "lambda", "scheduler"):
@@ -184,3 +184,35 @@ def test_aws_error_becomes_one_message(config):
     broken = config.model_copy(update={"bucket": "no-such-bucket-here"})
     with pytest.raises(UserError, match=r"uploading the code .* NoSuchBucket.*Fix: create the bucket"):
         aws.upsert(broken)
+
+
+def test_deploy_lambda_handler_creates_then_keeps_the_endpoint(config):
+    """entrypoints/deploy_endpoint.py against moto: skips unapproved packages, creates, then is idempotent."""
+    from deploy_endpoint import deploy
+
+    import pipeline._entrypoints  # noqa: F401
+
+    sm = boto3.client("sagemaker", region_name=REGION)
+    sm.create_model_package_group(ModelPackageGroupName=config.model_package_group)
+    package_arn = sm.create_model_package(
+        ModelPackageGroupName=config.model_package_group,
+        ModelApprovalStatus="PendingManualApproval",
+        InferenceSpecification={
+            "Containers": [{"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-cpu-py312",
+                            "ModelDataUrl": f"s3://{config.bucket}/model.tar.gz"}],
+            "SupportedContentTypes": ["application/x-image"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+    )["ModelPackageArn"]  # fmt: skip
+    event = {"model_package_arn": package_arn, "endpoint_name": config.deploy.endpoint_name,
+             "instance_type": "ml.m5.large", "initial_instance_count": 1, "role_arn": config.role_arn}  # fmt: skip
+    assert deploy(event, sm)["status"] == "Skipped"
+    sm.update_model_package(ModelPackageArn=package_arn, ModelApprovalStatus="Approved")
+    first = deploy(event, sm)
+    assert first["status"] == "Creating"
+    assert sm.describe_endpoint(EndpointName=config.deploy.endpoint_name)["EndpointConfigName"] == (
+        first["endpoint_config_name"]
+    )
+    assert deploy(event, sm)["status"] == "Unchanged"  # a retried step does not redeploy
+    with pytest.raises(ValueError, match="lacks role_arn"):
+        deploy({**event, "role_arn": ""}, sm)

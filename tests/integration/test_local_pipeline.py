@@ -28,10 +28,19 @@ pytestmark = pytest.mark.slow
 INPUT_URI = "s3://sagemaker-image-classification/data/local-test-digits"
 # Small and fast: two 1-epoch tuning trials at 16 px; no rule blocks the gate so a 1-epoch model can register.
 SETTINGS = [
-    "--set", "tuning.max_jobs=2", "--set", "tuning.max_parallel_jobs=2",
-    "--set", "tuning.ranges.epochs.min=1", "--set", "tuning.ranges.epochs.max=1",
-    "--set", "training.image_size=16", "--set", "debugger.blocking_rules=[]",
-]  # fmt: skip
+    "--set",
+    "tuning.max_jobs=2",
+    "--set",
+    "tuning.max_parallel_jobs=2",
+    "--set",
+    "tuning.ranges.epochs.min=1",
+    "--set",
+    "tuning.ranges.epochs.max=1",
+    "--set",
+    "training.image_size=16",
+    "--set",
+    "debugger.blocking_rules=[]",
+]
 
 
 def _record(runs: Path, execution_id: str) -> dict:
@@ -68,12 +77,18 @@ def local_run(tmp_path_factory):
     resumed = _record(runs, first_id)
 
     # 3: a new execution whose threshold no model can reach
-    gate_status = main([*common, *SETTINGS, "--param", f"InputDataUri={INPUT_URI}", "--param", "AccuracyThreshold=1.01"])
+    gate_status = main(
+        [*common, *SETTINGS, "--param", f"InputDataUri={INPUT_URI}", "--param", "AccuracyThreshold=1.01"]
+    )
     gate_id = _only_run(runs, exclude={first_id})
     return {
-        "store": Store(store), "runs": runs, "digits": digits,
-        "first": (status, first), "resumed": (resumed_status, resumed), "gate": (gate_status, _record(runs, gate_id)),
-    }  # fmt: skip
+        "store": Store(store),
+        "runs": runs,
+        "digits": digits,
+        "first": (status, first),
+        "resumed": (resumed_status, resumed),
+        "gate": (gate_status, _record(runs, gate_id)),
+    }
 
 
 def test_a_failed_step_stops_the_execution_and_resume_finishes_it(local_run):
@@ -94,7 +109,9 @@ def test_every_step_ran_in_dependency_order(local_run):
     _, record = local_run["resumed"]
     steps = _steps(record)
     expected = {"split", "tune", "train", "debug", "evaluate", "quality_gate", "register-RegisterModel", "deploy"}
-    ran = {name for name, step in steps.items() if step["StepStatus"] in ("Succeeded", "Skipped") and step["StartTime"]}
+    ran = {
+        name for name, step in steps.items() if step["StepStatus"] in ("Succeeded", "Skipped") and step["StartTime"]
+    }
     assert expected <= ran | ({"deploy"} if not server_available() else set())
     assert steps["quality_gate_failed"]["StepStatus"] == "Skipped"  # the branch not taken
     for step in steps.values():
@@ -102,7 +119,9 @@ def test_every_step_ran_in_dependency_order(local_run):
             continue
         for dependency in step["DependsOn"]:
             before = datetime.fromisoformat(steps[dependency]["EndTime"])
-            assert before <= datetime.fromisoformat(step["StartTime"]), f"{step['StepName']} started before {dependency}"
+            assert before <= datetime.fromisoformat(step["StartTime"]), (
+                f"{step['StepName']} started before {dependency}"
+            )
     assert steps["train"]["DependsOn"] == ["split", "tune"]
     assert (local_run["runs"] / record["PipelineExecutionId"] / "summary.txt").is_file()
 
@@ -146,8 +165,12 @@ def test_registry_holds_the_approved_package_and_the_endpoint_answers(local_run)
     image = sorted((local_run["digits"] / "3_three").iterdir())[0]
     log = local_run["runs"] / "test-endpoint.log"
     with LocalEndpoint(resolved["model_path"], log, sha256=resolved["sha256"]) as endpoint:
-        response = httpx.post(f"{endpoint.url}/invocations", content=image.read_bytes(),
-                              headers={"Content-Type": "image/png", "Accept": "application/json"}, timeout=60)
+        response = httpx.post(
+            f"{endpoint.url}/invocations",
+            content=image.read_bytes(),
+            headers={"Content-Type": "image/png", "Accept": "application/json"},
+            timeout=60,
+        )
     assert response.status_code == 200, response.text
     assert "3_three" in response.text or any(f"{d}_" in response.text for d in range(10))
 

@@ -363,3 +363,41 @@ def test_concurrent_requests_are_batched(endpoint, confident_digits):
     assert statuses == [200] * 80
     assert after["images"] - before["images"] == 80
     assert after["largest_batch"] >= 2  # some requests shared a forward pass
+
+
+def test_cli_serve_binds_sagemaker_port_and_stops_on_sigterm(tmp_path, confident_digits):
+    """``python -m pipeline serve`` (what local mode's deploy step runs): port from SAGEMAKER_BIND_TO_PORT, the
+    archive's own imgclf even though the CLI imports this checkout's, a clean exit on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+
+    from pipeline.serving.server import free_port
+
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--model",
+                                    str(model_archive() / "model.tar.gz")], cwd=root, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        image, label = confident_digits[0]
+        response = httpx.post(f"http://127.0.0.1:{port}/invocations", content=encode(Image.fromarray(image), "PNG"),
+                              headers={"Content-Type": "image/png"}, timeout=60)
+        assert response.json()["predictions"][0][0]["label"] == str(label)
+        assert response.json()["model_version"] is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert "Application shutdown complete" in log.read_text()

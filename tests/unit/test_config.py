@@ -106,3 +106,17 @@ def test_other_checks(base, tmp_path):
     del base["role_arn"]
     with pytest.raises(ConfigError, match="role_arn: required key is missing"):
         load_config(write(tmp_path, base))
+
+
+def test_train_py_accepts_every_configurable_hyperparameter():
+    import subprocess
+    import sys
+
+    from pipeline._entrypoints import ENTRYPOINTS_DIR
+    from pipeline.config import TRAIN_HYPERPARAMETERS
+
+    help_text = subprocess.run(
+        [sys.executable, str(ENTRYPOINTS_DIR / "train.py"), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    missing = [name for name in TRAIN_HYPERPARAMETERS if f"--{name}" not in help_text]
+    assert missing == []

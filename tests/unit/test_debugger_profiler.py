@@ -84,3 +84,20 @@ def test_cpu_bottleneck_without_gpu_compares_data_loading_with_compute_time():
     assert cpu_bottleneck(cpu_only, fast_input, patience=5)[0] == "NoIssuesFound"
     status, evidence = cpu_bottleneck(cpu_only, fast_input)
     assert status == "NotApplicable" and "only 30 datapoints" in evidence["reason"]
+
+
+def test_gpu_samples_come_from_nvidia_smi_when_nvml_is_missing(tmp_path, monkeypatch):
+    import sys
+
+    from imgclf.debugger import profiler
+
+    fake = tmp_path / "nvidia-smi"  # prints what `nvidia-smi --query-gpu=... --format=csv,noheader,nounits` prints
+    fake.write_text("#!/bin/sh\necho '0, 87, 5120, 81559'\necho '1, 3, 10, 81559'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    reader = profiler._GpuReader()
+    assert reader.read() == [
+        {"index": 0, "utilization": 87.0, "memory_used_mb": 5120.0, "memory_total_mb": 81559.0},
+        {"index": 1, "utilization": 3.0, "memory_used_mb": 10.0, "memory_total_mb": 81559.0},
+    ]

@@ -9,6 +9,7 @@ import json
 import socket
 import tarfile
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 
@@ -273,8 +274,6 @@ def test_code_change_changes_uri_only_for_code(tmp_path):
 
 
 def test_iam_policies_list_actions_without_wildcards():
-    from pathlib import Path
-
     folder = Path(__file__).resolve().parents[2] / "docs" / "iam"
     policies = sorted(folder.glob("*.json"))
     assert {p.name for p in policies} >= {"pipeline-execution-role.json", "scheduler-role.json",
@@ -283,3 +282,18 @@ def test_iam_policies_list_actions_without_wildcards():
         for statement in json.loads(path.read_text())["Statement"]:
             actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
             assert all("*" not in action for action in actions), path.name
+
+
+def test_cli_definition_prints_only_json_without_credentials(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true", HOME=str(tmp_path))  # fmt: skip
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "definition"], cwd=root, env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(result.stdout) == json.loads(definition_json(load_config()))

@@ -46,43 +46,108 @@ def definition() -> dict:
     threshold = ParameterFloat("AccuracyThreshold", default_value=0.9)
     count = ParameterInteger("Count", default_value=3)
     mode = ParameterString("Mode", default_value="full")
-    processor = ScriptProcessor(image_uri="img", command=["python3"], role=ROLE, instance_type="ml.m5.large",
-                                instance_count=1, sagemaker_session=session)  # fmt: skip
-    prepare = ProcessingStep("prepare", step_args=processor.run(
-        code=f"s3://{BUCKET}/code/prepare.py", inputs=[ProcessingInput(source=data, destination="/opt/ml/processing/in")],
-        outputs=[ProcessingOutput(output_name="train", source="/opt/ml/processing/train",
-                                  destination=f"s3://{BUCKET}/out/train")]))  # fmt: skip
-    estimator = PyTorch(entry_point="train.py", source_dir=CODE, framework_version="2.1", py_version="py310", role=ROLE,
-                        instance_type="ml.m5.large", instance_count=1, sagemaker_session=session,
-                        output_path=f"s3://{BUCKET}/models", hyperparameters={"model": "resnet18"},
-                        metric_definitions=[{"Name": "validation:accuracy", "Regex": "acc=([0-9.]+)"}],
-                        disable_profiler=True, debugger_hook_config=False)  # fmt: skip
+    processor = ScriptProcessor(
+        image_uri="img",
+        command=["python3"],
+        role=ROLE,
+        instance_type="ml.m5.large",
+        instance_count=1,
+        sagemaker_session=session,
+    )
+    prepare = ProcessingStep(
+        "prepare",
+        step_args=processor.run(
+            code=f"s3://{BUCKET}/code/prepare.py",
+            inputs=[ProcessingInput(source=data, destination="/opt/ml/processing/in")],
+            outputs=[
+                ProcessingOutput(
+                    output_name="train", source="/opt/ml/processing/train", destination=f"s3://{BUCKET}/out/train"
+                )
+            ],
+        ),
+    )
+    estimator = PyTorch(
+        entry_point="train.py",
+        source_dir=CODE,
+        framework_version="2.1",
+        py_version="py310",
+        role=ROLE,
+        instance_type="ml.m5.large",
+        instance_count=1,
+        sagemaker_session=session,
+        output_path=f"s3://{BUCKET}/models",
+        hyperparameters={"model": "resnet18"},
+        metric_definitions=[{"Name": "validation:accuracy", "Regex": "acc=([0-9.]+)"}],
+        disable_profiler=True,
+        debugger_hook_config=False,
+    )
     tuner = HyperparameterTuner(
-        estimator, "validation:accuracy",
-        {"lr": ContinuousParameter(0.001, 0.1, scaling_type="Logarithmic"), "batch-size": CategoricalParameter([32, 64]),
-         "epochs": IntegerParameter(1, 3)},
-        metric_definitions=[{"Name": "validation:accuracy", "Regex": "acc=([0-9.]+)"}], max_jobs=4, max_parallel_jobs=2)
+        estimator,
+        "validation:accuracy",
+        {
+            "lr": ContinuousParameter(0.001, 0.1, scaling_type="Logarithmic"),
+            "batch-size": CategoricalParameter([32, 64]),
+            "epochs": IntegerParameter(1, 3),
+        },
+        metric_definitions=[{"Name": "validation:accuracy", "Regex": "acc=([0-9.]+)"}],
+        max_jobs=4,
+        max_parallel_jobs=2,
+    )
     channel = TrainingInput(prepare.properties.ProcessingOutputConfig.Outputs["train"].S3Output.S3Uri)
     tune = TuningStep("tune", step_args=tuner.fit(inputs={"train": channel}))
     tuned = {k: tune.properties.BestTrainingJob.TunedHyperParameters[k] for k in ("lr", "batch-size", "epochs")}
     estimator.set_hyperparameters(model="resnet18", **tuned)
     train = TrainingStep("train", step_args=estimator.fit(inputs={"train": channel}))
     report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
-    evaluate = ProcessingStep("evaluate", property_files=[report], step_args=processor.run(
-        code=f"s3://{BUCKET}/code/evaluate.py",
-        inputs=[ProcessingInput(source=train.properties.ModelArtifacts.S3ModelArtifacts, destination="/opt/ml/processing/model"),
-                ProcessingInput(source=tune.get_top_model_s3_uri(1, BUCKET, "models"), destination="/opt/ml/processing/second")],
-        outputs=[ProcessingOutput(output_name="evaluation", source="/opt/ml/processing/evaluation",
-                                  destination=Join(on="/", values=[f"s3://{BUCKET}/eval", ExecutionVariables.PIPELINE_EXECUTION_ID]))]))  # fmt: skip
-    accuracy = JsonGet(step_name="evaluate", property_file=report, json_path="multiclass_classification_metrics.accuracy.value")
+    evaluate = ProcessingStep(
+        "evaluate",
+        property_files=[report],
+        step_args=processor.run(
+            code=f"s3://{BUCKET}/code/evaluate.py",
+            inputs=[
+                ProcessingInput(
+                    source=train.properties.ModelArtifacts.S3ModelArtifacts, destination="/opt/ml/processing/model"
+                ),
+                ProcessingInput(
+                    source=tune.get_top_model_s3_uri(1, BUCKET, "models"), destination="/opt/ml/processing/second"
+                ),
+            ],
+            outputs=[
+                ProcessingOutput(
+                    output_name="evaluation",
+                    source="/opt/ml/processing/evaluation",
+                    destination=Join(
+                        on="/", values=[f"s3://{BUCKET}/eval", ExecutionVariables.PIPELINE_EXECUTION_ID]
+                    ),
+                )
+            ],
+        ),
+    )
+    accuracy = JsonGet(
+        step_name="evaluate", property_file=report, json_path="multiclass_classification_metrics.accuracy.value"
+    )
     fail = FailStep("gate_failed", error_message=Join(on=" ", values=["accuracy", accuracy, "is below", threshold]))
-    gate = ConditionStep("gate", conditions=[
-        ConditionGreaterThanOrEqualTo(left=accuracy, right=threshold),
-        ConditionOr(conditions=[ConditionIn(value=mode, in_values=["full", "fast"]), ConditionLessThan(left=count, right=2)]),
-        ConditionNot(expression=ConditionEquals(left=mode, right="off")),
-    ], if_steps=[], else_steps=[fail])  # fmt: skip
-    pipeline = Pipeline("expressions-test", parameters=[data, threshold, count, mode],
-                        steps=[prepare, tune, train, evaluate, gate], sagemaker_session=session)  # fmt: skip
+    gate = ConditionStep(
+        "gate",
+        conditions=[
+            ConditionGreaterThanOrEqualTo(left=accuracy, right=threshold),
+            ConditionOr(
+                conditions=[
+                    ConditionIn(value=mode, in_values=["full", "fast"]),
+                    ConditionLessThan(left=count, right=2),
+                ]
+            ),
+            ConditionNot(expression=ConditionEquals(left=mode, right="off")),
+        ],
+        if_steps=[],
+        else_steps=[fail],
+    )
+    pipeline = Pipeline(
+        "expressions-test",
+        parameters=[data, threshold, count, mode],
+        steps=[prepare, tune, train, evaluate, gate],
+        sagemaker_session=session,
+    )
     return json.loads(pipeline.definition())
 
 
@@ -107,20 +172,29 @@ TUNE_PROPERTIES = {
 
 def _context(parameters: dict, accuracy: float) -> Context:
     properties = {
-        "prepare": {"ProcessingOutputConfig": {"Outputs": [
-            {"OutputName": "train", "S3Output": {"S3Uri": f"s3://{BUCKET}/out/train"}}]}},
+        "prepare": {
+            "ProcessingOutputConfig": {
+                "Outputs": [{"OutputName": "train", "S3Output": {"S3Uri": f"s3://{BUCKET}/out/train"}}]
+            }
+        },
         "tune": TUNE_PROPERTIES,
         "train": {"ModelArtifacts": {"S3ModelArtifacts": f"s3://{BUCKET}/models/train-x/output/model.tar.gz"}},
-    }  # fmt: skip
-    files = {("evaluate", "EvaluationReport"): {"multiclass_classification_metrics": {"accuracy": {"value": accuracy}}}}
+    }
+    files = {
+        ("evaluate", "EvaluationReport"): {"multiclass_classification_metrics": {"accuracy": {"value": accuracy}}}
+    }
 
     def step_properties(name):
         if name not in properties:
             raise ExpressionError(f"no properties for {name}")
         return properties[name]
 
-    return Context(parameters=parameters, execution={"PipelineExecutionId": "exec123"},
-                   step_properties=step_properties, property_file=lambda s, f: files[(s, f)])  # fmt: skip
+    return Context(
+        parameters=parameters,
+        execution={"PipelineExecutionId": "exec123"},
+        step_properties=step_properties,
+        property_file=lambda s, f: files[(s, f)],
+    )
 
 
 def test_tuned_hyperparameters_reach_the_training_step(definition):

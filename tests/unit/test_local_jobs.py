@@ -34,9 +34,10 @@ FIT = textwrap.dedent('''
         sys.exit("refusing on purpose")
     env = {k: v for k, v in os.environ.items() if k.startswith("SM_")}
     channel = pathlib.Path(os.environ["SM_CHANNEL_TRAIN"])
+    config_dir = os.environ["SM_INPUT_CONFIG_DIR"]
     report = {"argv": sys.argv[1:], "env": env, "train_files": sorted(p.name for p in channel.iterdir()),
-              "config": sorted(os.listdir(os.environ["SM_INPUT_CONFIG_DIR"])),
-              "hyperparameters": json.load(open(os.path.join(os.environ["SM_INPUT_CONFIG_DIR"], "hyperparameters.json")))}
+              "config": sorted(os.listdir(config_dir)),
+              "hyperparameters": json.load(open(os.path.join(config_dir, "hyperparameters.json")))}
     pathlib.Path(os.environ["SM_MODEL_DIR"], "report.json").write_text(json.dumps(report))
     pathlib.Path(os.environ["SM_OUTPUT_DATA_DIR"], "history.json").write_text("[]")
     pathlib.Path(os.environ["SM_CHECKPOINT_DIR"], "checkpoint.txt").write_text("epoch 2")
@@ -44,7 +45,7 @@ FIT = textwrap.dedent('''
         print(f"epoch={epoch} validation_accuracy={0.5 + epoch / 10:.2f} train_loss=1e-3", flush=True)
 ''')
 
-PREP = textwrap.dedent('''
+PREP = textwrap.dedent("""
     import argparse, pathlib, sys
     parser = argparse.ArgumentParser()
     parser.add_argument("--input")
@@ -55,7 +56,7 @@ PREP = textwrap.dedent('''
         sys.exit("no input files")
     pathlib.Path(args.out, "listing.txt").write_text(",".join(files))
     print("processed", len(files))
-''')
+""")
 
 
 def _tarball(files: dict[str, str]) -> bytes:
@@ -82,17 +83,37 @@ def context(tmp_path) -> JobContext:
 
 def _training_arguments(**extra_hyperparameters) -> dict:
     return {
-        "AlgorithmSpecification": {"TrainingInputMode": "File", "MetricDefinitions": [
-            {"Name": "validation:accuracy", "Regex": r"validation_accuracy=([0-9.]+)"},
-            {"Name": "train:loss", "Regex": r"train_loss=([0-9.eE+-]+)"}]},
-        "HyperParameters": {"batch-size": '"64"', "lr": "0.01", "model": '"resnet18"',
-                            "sagemaker_program": '"fit.py"', "sagemaker_submit_directory": '"s3://b/code/sourcedir.tar.gz"',
-                            "sagemaker_region": '"us-east-1"', **extra_hyperparameters},
-        "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": "s3://b/data/train", "S3DataDistributionType": "FullyReplicated"}}}],
+        "AlgorithmSpecification": {
+            "TrainingInputMode": "File",
+            "MetricDefinitions": [
+                {"Name": "validation:accuracy", "Regex": r"validation_accuracy=([0-9.]+)"},
+                {"Name": "train:loss", "Regex": r"train_loss=([0-9.eE+-]+)"},
+            ],
+        },
+        "HyperParameters": {
+            "batch-size": '"64"',
+            "lr": "0.01",
+            "model": '"resnet18"',
+            "sagemaker_program": '"fit.py"',
+            "sagemaker_submit_directory": '"s3://b/code/sourcedir.tar.gz"',
+            "sagemaker_region": '"us-east-1"',
+            **extra_hyperparameters,
+        },
+        "InputDataConfig": [
+            {
+                "ChannelName": "train",
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": "s3://b/data/train",
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+            }
+        ],
         "OutputDataConfig": {"S3OutputPath": "s3://b/models"},
         "CheckpointConfig": {"S3Uri": "s3://b/checkpoints"},
-    }  # fmt: skip
+    }
 
 
 def test_training_job_gets_the_container_contract_and_packs_its_model(context):
@@ -108,7 +129,9 @@ def test_training_job_gets_the_container_contract_and_packs_its_model(context):
     # hyperparameters decoded like the training toolkit; sagemaker_* are not arguments
     assert report["argv"] == ["--batch-size", "64", "--lr", "0.01", "--model", "resnet18"]
     env = report["env"]
-    assert env["SM_NUM_GPUS"] == "0" and env["SM_CURRENT_HOST"] == "algo-1" and json.loads(env["SM_HOSTS"]) == ["algo-1"]
+    assert (
+        env["SM_NUM_GPUS"] == "0" and env["SM_CURRENT_HOST"] == "algo-1" and json.loads(env["SM_HOSTS"]) == ["algo-1"]
+    )
     assert json.loads(env["SM_HPS"]) == {"batch-size": "64", "lr": 0.01, "model": "resnet18"}
     assert env["SM_HP_BATCH_SIZE"] == "64"
     assert report["train_files"] == ["a.png", "b.png"]
@@ -142,21 +165,43 @@ def test_training_job_without_code_is_refused(context):
 
 def _processing_arguments(entrypoint: list[str], code_input: dict, data_uri: str = "s3://b/data/train") -> dict:
     return {
-        "AppSpecification": {"ImageUri": "img", "ContainerEntrypoint": entrypoint,
-                             "ContainerArguments": ["--input", "/opt/ml/processing/input/data",
-                                                    "--out=/opt/ml/processing/out"]},
+        "AppSpecification": {
+            "ImageUri": "img",
+            "ContainerEntrypoint": entrypoint,
+            "ContainerArguments": ["--input", "/opt/ml/processing/input/data", "--out=/opt/ml/processing/out"],
+        },
         "ProcessingInputs": [
-            {"InputName": "data", "S3Input": {"S3Uri": data_uri, "LocalPath": "/opt/ml/processing/input/data",
-                                              "S3DataType": "S3Prefix", "S3InputMode": "File"}},
+            {
+                "InputName": "data",
+                "S3Input": {
+                    "S3Uri": data_uri,
+                    "LocalPath": "/opt/ml/processing/input/data",
+                    "S3DataType": "S3Prefix",
+                    "S3InputMode": "File",
+                },
+            },
             code_input,
         ],
-        "ProcessingOutputConfig": {"Outputs": [{"OutputName": "out", "S3Output": {
-            "S3Uri": "s3://b/out/listing", "LocalPath": "/opt/ml/processing/out", "S3UploadMode": "EndOfJob"}}]},
-    }  # fmt: skip
+        "ProcessingOutputConfig": {
+            "Outputs": [
+                {
+                    "OutputName": "out",
+                    "S3Output": {
+                        "S3Uri": "s3://b/out/listing",
+                        "LocalPath": "/opt/ml/processing/out",
+                        "S3UploadMode": "EndOfJob",
+                    },
+                }
+            ]
+        },
+    }
 
 
 def test_script_processor_job_maps_paths_and_uploads_outputs(context):
-    code = {"InputName": "code", "S3Input": {"S3Uri": "s3://b/code/prep.py", "LocalPath": "/opt/ml/processing/input/code"}}
+    code = {
+        "InputName": "code",
+        "S3Input": {"S3Uri": "s3://b/code/prep.py", "LocalPath": "/opt/ml/processing/input/code"},
+    }
     arguments = _processing_arguments(["python3", "/opt/ml/processing/input/code/prep.py"], code)
     result = run_processing_job(arguments, "prep-1", context)
     assert result.status == "Completed", result.failure_reason
@@ -167,14 +212,31 @@ def test_script_processor_job_maps_paths_and_uploads_outputs(context):
 def test_framework_processor_runproc_and_failure(context):
     runproc = 'cd /opt/ml/processing/input/code/\ntar -xzf sourcedir.tar.gz\nset -e\npython prep.py "$@"\n'
     context.store.put_bytes("s3://b/code/runproc/runproc.sh", runproc.encode())
-    arguments = _processing_arguments(["/bin/bash", "/opt/ml/processing/input/entrypoint/runproc.sh"], {
-        "InputName": "code", "S3Input": {"S3Uri": "s3://b/code/sourcedir.tar.gz", "LocalPath": "/opt/ml/processing/input/code/"}})
-    arguments["ProcessingInputs"].append({"InputName": "entrypoint", "S3Input": {
-        "S3Uri": "s3://b/code/runproc/runproc.sh", "LocalPath": "/opt/ml/processing/input/entrypoint"}})  # fmt: skip
+    arguments = _processing_arguments(
+        ["/bin/bash", "/opt/ml/processing/input/entrypoint/runproc.sh"],
+        {
+            "InputName": "code",
+            "S3Input": {"S3Uri": "s3://b/code/sourcedir.tar.gz", "LocalPath": "/opt/ml/processing/input/code/"},
+        },
+    )
+    arguments["ProcessingInputs"].append(
+        {
+            "InputName": "entrypoint",
+            "S3Input": {
+                "S3Uri": "s3://b/code/runproc/runproc.sh",
+                "LocalPath": "/opt/ml/processing/input/entrypoint",
+            },
+        }
+    )
     assert run_processing_job(arguments, "prep-2", context).status == "Completed"
     assert context.store.read_bytes("s3://b/out/listing/listing.txt") == b"a.png,b.png"
     # the script reads an empty folder and exits 1: the job fails with the script's last line
-    arguments["AppSpecification"]["ContainerArguments"] = ["--input", "/opt/ml/processing/out", "--out", "/opt/ml/processing/out"]
+    arguments["AppSpecification"]["ContainerArguments"] = [
+        "--input",
+        "/opt/ml/processing/out",
+        "--out",
+        "/opt/ml/processing/out",
+    ]
     failed = run_processing_job(arguments, "prep-4", context)
     assert failed.status == "Failed" and "no input files" in failed.failure_reason
 

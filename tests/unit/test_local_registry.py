@@ -12,13 +12,22 @@ def _request(model_uri: str, approval: str | None = "Approved") -> dict:
     request = {
         "ModelPackageGroupName": "digits",
         "InferenceSpecification": {
-            "Containers": [{"Image": "pytorch-inference:2.6-cpu", "ModelDataUrl": model_uri,
-                            "Environment": {"SAGEMAKER_PROGRAM": "inference.py"}}],
-            "SupportedContentTypes": ["image/png"], "SupportedResponseMIMETypes": ["application/json"],
+            "Containers": [
+                {
+                    "Image": "pytorch-inference:2.6-cpu",
+                    "ModelDataUrl": model_uri,
+                    "Environment": {"SAGEMAKER_PROGRAM": "inference.py"},
+                }
+            ],
+            "SupportedContentTypes": ["image/png"],
+            "SupportedResponseMIMETypes": ["application/json"],
         },
-        "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json",
-                                                         "S3Uri": "s3://b/eval/evaluation.json"}}},
-    }  # fmt: skip
+        "ModelMetrics": {
+            "ModelQuality": {
+                "Statistics": {"ContentType": "application/json", "S3Uri": "s3://b/eval/evaluation.json"}
+            }
+        },
+    }
     if approval:
         request["ModelApprovalStatus"] = approval
     return request
@@ -29,7 +38,9 @@ def store(tmp_path) -> Store:
     store = Store(tmp_path)
     store.put_bytes("s3://b/models/a/output/model.tar.gz", b"archive a")
     store.put_bytes("s3://b/models/b/output/model.tar.gz", b"archive b")
-    store.put_json("s3://b/eval/evaluation.json", {"multiclass_classification_metrics": {"accuracy": {"value": 0.98}}})
+    store.put_json(
+        "s3://b/eval/evaluation.json", {"multiclass_classification_metrics": {"accuracy": {"value": 0.98}}}
+    )
     return store
 
 
@@ -40,7 +51,9 @@ def test_versions_approval_and_latest(store):
     assert (first["ModelPackageVersion"], second["ModelPackageVersion"]) == (1, 2)
     assert first["ModelPackageArn"].endswith(":model-package/digits/1")
     assert second["ModelApprovalStatus"] == "PendingManualApproval"  # SageMaker's default
-    assert first["Metrics"]["ModelQuality.Statistics"]["multiclass_classification_metrics"]["accuracy"]["value"] == 0.98
+    assert (
+        first["Metrics"]["ModelQuality.Statistics"]["multiclass_classification_metrics"]["accuracy"]["value"] == 0.98
+    )
     assert registry.latest("digits")["ModelPackageVersion"] == 1  # newest Approved
     registry.update_model_package(second["ModelPackageArn"], "Approved")
     assert registry.latest()["ModelPackageVersion"] == 2

@@ -17,7 +17,7 @@ from pipeline.local.store import Store
 from pipeline.local.tuning import distributions, run_tuning_job, sampler_and_pruner, trial_job_name
 
 # Objective peaks at lr = 10**-1.5; batch-size 64 adds 0.05. With --slow, epochs take 0.2 s and a bad lr shows early.
-OBJECTIVE = textwrap.dedent('''
+OBJECTIVE = textwrap.dedent("""
     import argparse, math, time
     parser = argparse.ArgumentParser()
     parser.add_argument("--lr", type=float)
@@ -31,7 +31,7 @@ OBJECTIVE = textwrap.dedent('''
             time.sleep(0.2)
         print(f"epoch={epoch} validation_accuracy={score * epoch / args.epochs:.6f}", flush=True)
     print("finished all epochs", flush=True)
-''')
+""")
 
 
 def _tarball(name: str, text: str) -> bytes:
@@ -54,26 +54,40 @@ def context(tmp_path) -> JobContext:
 def _arguments(strategy="Bayesian", max_jobs=6, parallel=2, early_stopping="Off", static=None, ranges=None) -> dict:
     return {
         "HyperParameterTuningJobConfig": {
-            "Strategy": strategy, "RandomSeed": 3, "TrainingJobEarlyStoppingType": early_stopping,
+            "Strategy": strategy,
+            "RandomSeed": 3,
+            "TrainingJobEarlyStoppingType": early_stopping,
             "ResourceLimits": {"MaxNumberOfTrainingJobs": max_jobs, "MaxParallelTrainingJobs": parallel},
             "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": "validation:accuracy"},
-            "ParameterRanges": ranges or {
-                "ContinuousParameterRanges": [{"Name": "lr", "MinValue": "0.001", "MaxValue": "1.0",
-                                               "ScalingType": "Logarithmic"}],
+            "ParameterRanges": ranges
+            or {
+                "ContinuousParameterRanges": [
+                    {"Name": "lr", "MinValue": "0.001", "MaxValue": "1.0", "ScalingType": "Logarithmic"}
+                ],
                 "CategoricalParameterRanges": [{"Name": "batch-size", "Values": ['"32"', '"64"']}],
             },
         },
         "TrainingJobDefinition": {
-            "StaticHyperParameters": {"sagemaker_program": '"objective.py"', "epochs": "2",
-                                      "sagemaker_submit_directory": '"s3://b/code/sourcedir.tar.gz"', **(static or {})},
-            "AlgorithmSpecification": {"TrainingInputMode": "File", "MetricDefinitions": [
-                {"Name": "validation:accuracy", "Regex": r"validation_accuracy=([0-9.]+)"}]},
-            "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix", "S3Uri": "s3://b/data/train"}}}],
+            "StaticHyperParameters": {
+                "sagemaker_program": '"objective.py"',
+                "epochs": "2",
+                "sagemaker_submit_directory": '"s3://b/code/sourcedir.tar.gz"',
+                **(static or {}),
+            },
+            "AlgorithmSpecification": {
+                "TrainingInputMode": "File",
+                "MetricDefinitions": [{"Name": "validation:accuracy", "Regex": r"validation_accuracy=([0-9.]+)"}],
+            },
+            "InputDataConfig": [
+                {
+                    "ChannelName": "train",
+                    "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/data/train"}},
+                }
+            ],
             "OutputDataConfig": {"S3OutputPath": "s3://b/models"},
             "HyperParameterTuningResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large"},
         },
-    }  # fmt: skip
+    }
 
 
 def _expected(tuned: dict) -> float:
@@ -92,7 +106,8 @@ def test_bayesian_tuning_finds_the_best_trial_and_ranks_summaries(context, tmp_p
     assert best["TunedHyperParameters"]["batch-size"] in ('"32"', '"64"')  # categorical values keep their JSON form
     # the objective was parsed from the trial's log with the definition's regex
     assert best["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] == pytest.approx(
-        _expected(best["TunedHyperParameters"]), abs=1e-5)
+        _expected(best["TunedHyperParameters"]), abs=1e-5
+    )
     assert {s["TrainingJobName"] for s in summaries} == {trial_job_name("tune-a", n) for n in range(6)}
     model = f"s3://b/models/{best['TrainingJobName']}/output/model.tar.gz"
     assert context.store.exists(model)
@@ -100,8 +115,9 @@ def test_bayesian_tuning_finds_the_best_trial_and_ranks_summaries(context, tmp_p
 
 
 def test_early_stopping_stops_worse_trials(context, tmp_path):
-    arguments = _arguments(strategy="Random", max_jobs=8, parallel=1, early_stopping="Auto",
-                           static={"slow": '"yes"', "epochs": "5"})  # fmt: skip
+    arguments = _arguments(
+        strategy="Random", max_jobs=8, parallel=1, early_stopping="Auto", static={"slow": '"yes"', "epochs": "5"}
+    )
     result = run_tuning_job(arguments, "tune-b", context, state_dir=tmp_path / "state", cpus=1)
     assert result.status == "Completed"
     stopped = [s for s in result.properties["TrainingJobSummaries"] if s["TrainingJobStatus"] == "Stopped"]
@@ -114,13 +130,19 @@ def test_early_stopping_stops_worse_trials(context, tmp_path):
 
 
 def test_grid_runs_every_combination(context, tmp_path):
-    ranges = {"CategoricalParameterRanges": [{"Name": "lr", "Values": ["0.01", "0.1"]},
-                                             {"Name": "batch-size", "Values": ['"32"', '"64"']}]}  # fmt: skip
+    ranges = {
+        "CategoricalParameterRanges": [
+            {"Name": "lr", "Values": ["0.01", "0.1"]},
+            {"Name": "batch-size", "Values": ['"32"', '"64"']},
+        ]
+    }
     arguments = _arguments(strategy="Grid", ranges=ranges)
     del arguments["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxNumberOfTrainingJobs"]
     result = run_tuning_job(arguments, "tune-c", context, state_dir=tmp_path / "state", cpus=2)
-    combos = {(s["TunedHyperParameters"]["lr"], s["TunedHyperParameters"]["batch-size"])
-              for s in result.properties["TrainingJobSummaries"]}  # fmt: skip
+    combos = {
+        (s["TunedHyperParameters"]["lr"], s["TunedHyperParameters"]["batch-size"])
+        for s in result.properties["TrainingJobSummaries"]
+    }
     assert combos == {("0.01", '"32"'), ("0.01", '"64"'), ("0.1", '"32"'), ("0.1", '"64"')}
     assert result.properties["BestTrainingJob"]["TunedHyperParameters"] == {"lr": "0.01", "batch-size": '"64"'}
 
@@ -140,10 +162,15 @@ def test_resume_keeps_finished_trials_and_reruns_interrupted_ones(context, tmp_p
 
 
 def test_ranges_and_strategies_are_mapped_or_refused():
-    space = distributions({
-        "ContinuousParameterRanges": [{"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1", "ScalingType": "Logarithmic"}],
-        "IntegerParameterRanges": [{"Name": "epochs", "MinValue": "1", "MaxValue": "3"}],
-        "CategoricalParameterRanges": [{"Name": "opt", "Values": ['"sgd"', '"adamw"']}]})  # fmt: skip
+    space = distributions(
+        {
+            "ContinuousParameterRanges": [
+                {"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1", "ScalingType": "Logarithmic"}
+            ],
+            "IntegerParameterRanges": [{"Name": "epochs", "MinValue": "1", "MaxValue": "3"}],
+            "CategoricalParameterRanges": [{"Name": "opt", "Values": ['"sgd"', '"adamw"']}],
+        }
+    )
     assert space["lr"].log and space["lr"].low == 0.001
     assert (space["epochs"].low, space["epochs"].high) == (1, 3)
     assert space["opt"].choices == ('"sgd"', '"adamw"')

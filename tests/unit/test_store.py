@@ -30,7 +30,10 @@ def test_prefix_listing_follows_s3(tmp_path):
     assert [k for k, _ in store.objects("s3://b/models/job-1")] == ["output/model.tar.gz"]
     assert [k for k, _ in store.objects("s3://b/models/job-1/output/model.tar.gz")] == ["model.tar.gz"]
     # a prefix ending mid-name matches every key that starts with it, as in S3
-    assert [k for k, _ in store.objects("s3://b/models/job")] == ["job-1/output/model.tar.gz", "job-12/output/model.tar.gz"]
+    assert [k for k, _ in store.objects("s3://b/models/job")] == [
+        "job-1/output/model.tar.gz",
+        "job-12/output/model.tar.gz",
+    ]
     assert store.objects("s3://b/nothing") == []
     assert not store.exists("s3://b/nothing")
 
@@ -90,8 +93,7 @@ def test_json_round_trip_and_missing_object(tmp_path):
 
 def test_lock_refuses_a_second_holder(tmp_path):
     store = Store(tmp_path)
-    with store.lock("run one"):
-        with pytest.raises(StoreError, match="in use by run one"), Store(tmp_path).lock("run two"):
-            pass
+    with store.lock("run one"), pytest.raises(StoreError, match="in use by run one"), Store(tmp_path).lock("run two"):
+        pass
     with store.lock("run three"):  # released when the first holder left
         pass

@@ -1,0 +1,163 @@
+"""The executor on small definitions of script processing steps: order, parallelism, caching, branches, errors."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from datetime import datetime
+
+import pytest
+
+from pipeline.local.executor import ExecutionError, LocalExecution, RunOptions, iso_duration_seconds, step_graph
+from pipeline.local.store import Store
+
+# Sleeps, then writes the number of files it read and the time it ran: enough to see order and overlap.
+SCRIPT = textwrap.dedent("""
+    import argparse, json, pathlib, sys, time
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--input")
+    parser.add_argument("--out")
+    parser.add_argument("--value", type=float, default=0.5)
+    args = parser.parse_args()
+    start = time.time()
+    time.sleep(0.5)
+    files = [p for p in pathlib.Path(args.input).rglob("*") if p.is_file()]
+    report = {"count": len(files), "value": args.value, "start": start, "end": time.time()}
+    pathlib.Path(args.out, "report.json").write_text(json.dumps(report))
+    print("wrote", report)
+""")
+
+
+def _processing(name: str, input_uri, value="0.5", cache=True) -> dict:
+    step = {
+        "Name": name,
+        "Type": "Processing",
+        "Arguments": {
+            "AppSpecification": {
+                "ImageUri": "img",
+                "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/script.py"],
+                "ContainerArguments": ["--input", "/opt/ml/processing/in", "--out", "/opt/ml/processing/out",
+                                       "--value", value],
+            },
+            "ProcessingInputs": [
+                {"InputName": "in", "S3Input": {"S3Uri": input_uri, "LocalPath": "/opt/ml/processing/in"}},
+                {"InputName": "code", "S3Input": {"S3Uri": "s3://b/code/script.py",
+                                                  "LocalPath": "/opt/ml/processing/input/code"}},
+            ],
+            "ProcessingOutputConfig": {"Outputs": [{"OutputName": "out", "S3Output": {
+                "S3Uri": f"s3://b/out/{name}", "LocalPath": "/opt/ml/processing/out"}}]},
+        },
+        "PropertyFiles": [{"PropertyFileName": "Report", "OutputName": "out", "FilePath": "report.json"}],
+    }  # fmt: skip
+    if cache:
+        step["CacheConfig"] = {"Enabled": True, "ExpireAfter": "P1D"}
+    return step
+
+
+def _definition() -> dict:
+    """a and b are independent; c reads both; gate checks c's value against the Threshold parameter."""
+    value = {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.c.PropertyFiles.Report"}, "Path": "value"}}
+    return {
+        "Version": "2020-12-01",
+        "Parameters": [{"Name": "Threshold", "Type": "Float", "DefaultValue": 0.3},
+                       {"Name": "Value", "Type": "String", "DefaultValue": "0.5"}],
+        "Steps": [
+            _processing("a", "s3://b/data"),
+            _processing("b", "s3://b/data"),
+            _processing("c", {"Get": "Steps.a.ProcessingOutputConfig.Outputs['out'].S3Output.S3Uri"},
+                        value={"Get": "Parameters.Value"}),
+            {"Name": "gate", "Type": "Condition", "DependsOn": ["b"], "Arguments": {
+                "Conditions": [{"Type": "GreaterThanOrEqualTo", "LeftValue": value,
+                                "RightValue": {"Get": "Parameters.Threshold"}}],
+                "IfSteps": [],
+                "ElseSteps": [{"Name": "stop", "Type": "Fail", "Arguments": {"ErrorMessage": {"Std:Join": {
+                    "On": " ", "Values": ["value", value, "below", {"Get": "Parameters.Threshold"}]}}}}]}},
+        ],
+    }  # fmt: skip
+
+
+@pytest.fixture
+def options(tmp_path) -> RunOptions:
+    store = Store(tmp_path / "store")
+    store.put_bytes("s3://b/code/script.py", SCRIPT.encode())
+    store.put_bytes("s3://b/data/1.txt", b"1")
+    store.put_bytes("s3://b/data/2.txt", b"2")
+    return RunOptions(store=tmp_path / "store", runs=tmp_path / "runs", cpus=2)
+
+
+def _steps(record: dict) -> dict:
+    return {s["StepName"]: s for s in record["Steps"]}
+
+
+def test_independent_steps_overlap_and_dependents_wait(options):
+    record = LocalExecution.start(_definition(), options).run()
+    assert record["PipelineExecutionStatus"] == "Succeeded", record.get("FailureReason")
+    store = Store(options.store)
+    a, b, c = (store.read_json(f"s3://b/out/{n}/report.json") for n in "abc")
+    assert a["start"] < b["end"] and b["start"] < a["end"]  # a and b ran at the same time
+    assert c["start"] >= a["end"]  # c waited for the output it reads
+    assert c["count"] == 1  # c's input was a's output (report.json), resolved from a's properties
+    steps = _steps(record)
+    assert steps["gate"]["Properties"]["Outcome"] == "True"
+    assert steps["stop"]["StepStatus"] == "Skipped"
+    assert datetime.fromisoformat(steps["gate"]["StartTime"]) >= datetime.fromisoformat(steps["b"]["EndTime"])
+    saved = json.loads((options.runs / record["PipelineExecutionId"] / "execution.json").read_text())
+    assert saved == json.loads(json.dumps(record, default=str))
+
+
+def test_cache_hits_until_an_input_changes(options):
+    first = LocalExecution.start(_definition(), options).run()
+    second = LocalExecution.start(_definition(), options).run()
+    steps = _steps(second)
+    assert all(steps[n]["CacheHit"] for n in "abc")
+    assert steps["a"]["CacheHit"]["SourcePipelineExecutionArn"] == first["PipelineExecutionArn"]
+    assert steps["a"]["Properties"]["ProcessingJobName"] == _steps(first)["a"]["Properties"]["ProcessingJobName"]
+    Store(options.store).put_bytes("s3://b/data/3.txt", b"3")  # new input data: a and b run again
+    third = _steps(LocalExecution.start(_definition(), options).run())
+    assert third["a"]["CacheHit"] is None and third["b"]["CacheHit"] is None
+    assert Store(options.store).read_json("s3://b/out/a/report.json")["count"] == 3
+
+
+def test_fail_step_fails_the_execution_with_its_message_and_resume_reruns_only_the_rest(options):
+    options.parameters = {"Value": "0.1"}
+    execution = LocalExecution.start(_definition(), options)
+    record = execution.run()
+    assert record["PipelineExecutionStatus"] == "Failed"
+    assert record["FailureReason"] == "Step stop: value 0.1 below 0.3"
+    first = _steps(record)
+    resumed = _steps(LocalExecution.resume(execution.id, RunOptions(store=options.store, runs=options.runs)).run())
+    for name in ("a", "b", "c", "gate"):
+        assert resumed[name]["StartTime"] == first[name]["StartTime"]  # kept, not run again
+    assert resumed["stop"]["StepStatus"] == "Failed" and resumed["stop"]["StartTime"] != first["stop"]["StartTime"]
+
+
+def test_a_missing_input_fails_its_step_and_stops_dependents(options):
+    definition = _definition()
+    definition["Steps"][0]["Arguments"]["ProcessingInputs"][0]["S3Input"]["S3Uri"] = "s3://b/missing"
+    record = LocalExecution.start(definition, options).run()
+    steps = _steps(record)
+    assert steps["a"]["StepStatus"] == "Failed" and "nothing in the store" in steps["a"]["FailureReason"]
+    assert steps["c"]["StepStatus"] == "NotStarted" and "a did not succeed" in steps["c"]["Detail"]
+    assert record["FailureReason"].startswith("Step a:")
+
+
+def test_definition_errors_are_named():
+    definition = _definition()
+    definition["Steps"][0]["DependsOn"] = ["c"]
+    with pytest.raises(ExecutionError, match="cycle"):
+        step_graph(definition)
+    with pytest.raises(ExecutionError, match="type 'EMR' is not supported"):
+        step_graph({"Steps": [{"Name": "x", "Type": "EMR"}]})
+    with pytest.raises(ExecutionError, match="unknown step"):
+        step_graph({"Steps": [{"Name": "x", "Type": "Fail", "DependsOn": ["ghost"]}]})
+    assert iso_duration_seconds("P30D") == 30 * 86400
+    assert iso_duration_seconds("PT1H30M") == 5400
+    with pytest.raises(ExecutionError, match="ISO 8601"):
+        iso_duration_seconds("30 days")
+
+
+def test_resume_of_an_unknown_execution_lists_the_known_ones(options):
+    execution = LocalExecution.start(_definition(), options)
+    execution.run()
+    with pytest.raises(ExecutionError, match=execution.id):
+        LocalExecution.resume("nope", options)
