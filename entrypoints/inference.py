@@ -105,8 +105,7 @@ def predict_fn(input_data: serving.ImageBatch, model: serving.ServedModel) -> se
     images = input_data.images.to(model.device, non_blocking=True).contiguous(memory_format=model.memory_format)
     with torch.inference_mode():
         probabilities = torch.softmax(model.module(images).float(), dim=1).cpu()
-    return serving.Predictions(probabilities, list(input_data.top_k), model.classes, model.model_version,
-                               batch_size=len(input_data))
+    return serving.Predictions(probabilities, list(input_data.top_k), model.classes, model.model_version)
 
 
 def output_fn(prediction: serving.Predictions, accept) -> tuple[str, str]:

@@ -35,7 +35,8 @@ from imgclf import data, models, presets
 from imgclf.hparams import add, boolean, env_path, quoted
 from imgclf.metrics import format_metric_line
 
-CODE_FILES = ("inference.py", "requirements.txt")
+# Not requirements.txt: it pins smdebug and numpy 1 for training; the inference container needs nothing extra.
+CODE_FILES = ("inference.py",)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -370,7 +371,7 @@ class Training:
 
 
 def copy_serving_code(code_dir: Path) -> None:
-    """Copy inference.py, its imgclf helpers and requirements.txt into the model's ``code/`` folder.
+    """Copy inference.py and its imgclf helpers into the model's ``code/`` folder.
 
     The AWS PyTorch inference container runs ``code/inference.py`` from the archive (SAGEMAKER_PROGRAM), so the
     archive serves itself with no repack step.

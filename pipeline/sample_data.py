@@ -15,7 +15,9 @@ CLASS_NAMES = ("0_zero", "1_one", "2_two", "3_three", "4_four", "5_five", "6_six
 
 
 def write_digits(out_dir: Path, per_class: int | None = None, image_format: str = "png") -> dict[str, int]:
-    """Write the digits as ``out_dir/<class name>/<index>.<format>`` (class names ``0_zero`` .. ``9_nine``, sorted in digit order).
+    """Write the digits as ``out_dir/<class name>/<index>.<format>``.
+
+    Class names are ``0_zero`` .. ``9_nine``, so their sorted order (the class index) is the digit's.
 
     Args:
         out_dir: destination folder (created; existing files of the same name are overwritten).

@@ -84,7 +84,8 @@ def build_model(name: str, num_classes: int, weights: str = "none") -> nn.Module
         model = MODEL_BUILDERS[name](weights=None)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         head_keys = {k for k in state if k.startswith(("fc.", "classifier."))}
-        missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in head_keys}, strict=False)
+        body = {k: v for k, v in state.items() if k not in head_keys}
+        missing, unexpected = model.load_state_dict(body, strict=False)
         missing = [k for k in missing if not k.startswith(("fc.", "classifier."))]
         if missing or unexpected:
             raise WeightsError(

@@ -23,7 +23,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ def top_k_from_headers(headers: Mapping | None) -> int:
     """
     value = header(headers, TOP_K_HEADER)
     if value is not None and value.strip():
-        return parse_top_k(value, f"header {TOP_K_HEADER}")
+        return parse_top_k(value, f"top_k (header {TOP_K_HEADER} or query parameter ?top_k=)")
     attributes = header(headers, CUSTOM_ATTRIBUTES_HEADER) or ""
     for pair in attributes.replace(",", ";").split(";"):
         key, _, raw = pair.partition("=")
@@ -274,6 +274,8 @@ def decode_request(body: bytes | str | None, content_type: str | None,
         RequestError: 415 unsupported content type; 413 body over 6 MB; 400/413 from the decoders above.
     """
     kind = media_type(content_type)
+    if not kind:
+        raise RequestError(415, f"the Content-Type header is missing: send one of {', '.join(SUPPORTED_CONTENT_TYPES)}")
     if kind not in SUPPORTED_CONTENT_TYPES:
         raise RequestError(415, f"unsupported Content-Type {content_type!r}: send one of "
                                 f"{', '.join(SUPPORTED_CONTENT_TYPES)}")
@@ -328,14 +330,13 @@ class Predictions:
     top_k: list[int]
     classes: list[str]
     model_version: str | None = None
-    batch_size: int = field(default=0)  # images in the forward pass that produced these rows (for logs)
 
     def split(self, sizes: Sequence[int]) -> list[Predictions]:
         """Split rows back into per-request predictions (the inverse of :meth:`ImageBatch.concat`)."""
         out, start = [], 0
         for size in sizes:
             out.append(Predictions(self.probabilities[start:start + size], self.top_k[start:start + size],
-                                   self.classes, self.model_version, self.batch_size))
+                                   self.classes, self.model_version))
             start += size
         return out
 

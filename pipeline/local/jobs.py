@@ -224,9 +224,7 @@ def run_process(
                     threading.Thread(target=_terminate, args=(process,), daemon=True).start()
         finally:
             returncode = process.wait()
-            if returncode != 0 and process.poll() is not None:
-                _kill_group(process, signal.SIGKILL)  # leftover workers of a failed or stopped job
-    stopped = stopped or bool(stop_event and stop_event.is_set())
+    stopped = stopped or (returncode != 0 and stop_event is not None and stop_event.is_set())
     return returncode, stopped, tail
 
 

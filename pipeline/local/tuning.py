@@ -43,10 +43,11 @@ from optuna.trial import TrialState
 
 from pipeline.local.jobs import JobContext, JobError, JobResult, job_arn, run_training_job
 
-#: optuna's MedianPruner: completed trials needed before any pruning, and epochs always allowed to run.
+#: optuna's MedianPruner: completed trials needed before any pruning, and epochs always allowed to run (0: a trial
+#: may be stopped after any epoch, as soon as two trials have completed).
 MEDIAN_STARTUP_TRIALS = 2
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-MEDIAN_WARMUP_EPOCHS = 1
+MEDIAN_WARMUP_EPOCHS = 0
 
 TrialCallback = Callable[[str, str, dict], None]
 

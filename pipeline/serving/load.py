@@ -46,7 +46,8 @@ def list_images(folder: Path, limit: int = MAX_IMAGES) -> list[tuple[str, bytes,
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not paths:
         raise LoadError(f"no images under {folder}: expected files ending in {', '.join(IMAGE_SUFFIXES)}")
-    return [(str(p.relative_to(folder)), p.read_bytes(), content_type_for(p)) for p in paths[:limit]]
+    paths = paths[:: max(1, len(paths) // limit)][:limit]  # spread over the tree (every class), not its first files
+    return [(str(p.relative_to(folder)), p.read_bytes(), content_type_for(p)) for p in paths]
 
 
 @dataclass

@@ -9,6 +9,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import signal
+import subprocess
 import sys
 import tarfile
 import textwrap
@@ -27,7 +30,7 @@ from test_serving_model import CLASSES, held_out, model_archive  # noqa: E402
 
 from imgclf.serving import ImageBatch  # noqa: E402
 from pipeline.serving.load import run_load  # noqa: E402
-from pipeline.serving.server import EndpointStartError, start_in_background  # noqa: E402
+from pipeline.serving.server import EndpointStartError, free_port, start_in_background  # noqa: E402
 
 MODEL_VERSION = "image-classifier/7"
 
@@ -39,8 +42,9 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def endpoint():
-    handle = start_in_background(model_archive() / "model.tar.gz", num_threads=1, model_version=MODEL_VERSION)
+def endpoint(tmp_path_factory):
+    handle = start_in_background(model_archive() / "model.tar.gz", num_threads=1, model_version=MODEL_VERSION,
+                                 log_path=tmp_path_factory.mktemp("endpoint") / "endpoint.log")
     try:
         yield handle
     finally:
@@ -210,7 +214,7 @@ def _bad_requests() -> dict[str, tuple[dict, int, str]]:
     return {
         "text content type": ({"content": b"hello", "headers": {"Content-Type": "text/plain"}}, 415,
                               "unsupported Content-Type 'text/plain'"),
-        "no content type": ({"content": good}, 415, "unsupported Content-Type None"),
+        "no content type": ({"content": good}, 415, "Content-Type header is missing"),
         "csv accept": ({"content": good, "headers": {"Content-Type": "image/png", "Accept": "text/csv"}}, 406,
                        "Accept 'text/csv'"),
         "empty body": ({"content": b"", "headers": {"Content-Type": "image/png"}}, 400, "body is empty"),
@@ -235,7 +239,7 @@ def _bad_requests() -> dict[str, tuple[dict, int, str]]:
         "npy float out of range": ({"content": npy_float.getvalue(),
                                     "headers": {"Content-Type": "application/x-npy"}}, 400, "[0, 1]"),
         "bad top_k query": ({"content": good, "headers": {"Content-Type": "image/png"}, "params": {"top_k": "abc"}},
-                            400, "X-Top-K must be a whole number"),
+                            400, "top_k (header X-Top-K or query parameter ?top_k=) must be a whole number"),
         "zero top_k header": ({"content": good, "headers": {"Content-Type": "image/png", "X-Top-K": "0"}}, 400,
                               ">= 1"),
         "payload over 6 MB": ({"content": b"\x00" * (6 * 1024 * 1024 + 1), "headers": {"Content-Type": "image/png"}},
@@ -368,12 +372,6 @@ def test_concurrent_requests_are_batched(endpoint, confident_digits):
 def test_cli_serve_binds_sagemaker_port_and_stops_on_sigterm(tmp_path, confident_digits):
     """``python -m pipeline serve`` (what local mode's deploy step runs): port from SAGEMAKER_BIND_TO_PORT, the
     archive's own imgclf even though the CLI imports this checkout's, a clean exit on SIGTERM."""
-    import os
-    import signal
-    import subprocess
-
-    from pipeline.serving.server import free_port
-
     port = free_port()
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -103,3 +105,34 @@ def test_serve_with_an_unknown_model_is_a_user_error(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing.tar.gz"), "--store", str(tmp_path / "store")]) == 2
     assert "--model" in capsys.readouterr().err
 
+
+
+def test_serve_resolves_a_registered_model_package(tmp_path):
+    """``serve --model latest`` (or <group>/<version>, or the ARN) serves the registered archive, with its SHA-256
+    to check and its ARN as the model version; an archive changed after registration is refused."""
+    registry_module = pytest.importorskip("pipeline.local.registry")
+    from pipeline.cli import UserError
+    from pipeline.commands.serving import resolve_model
+    from pipeline.local.store import Store
+
+    store = Store(tmp_path / "store")
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(b"pretend archive")
+    url = "s3://bucket/models/model.tar.gz"
+    store.put_file(archive, url)
+    registry = registry_module.ModelRegistry(store)
+    description = registry.create_model_package({
+        "ModelPackageGroupName": "image-classifier", "ModelApprovalStatus": "Approved",
+        "InferenceSpecification": {"Containers": [{"Image": "pytorch-inference", "ModelDataUrl": url}]}})
+    for reference in ("latest", "image-classifier/1", description["ModelPackageArn"]):
+        path, sha256, version = resolve_model(reference, tmp_path / "store", None)
+        assert Path(path).read_bytes() == b"pretend archive"
+        assert sha256 == hashlib.sha256(b"pretend archive").hexdigest()
+        assert version == description["ModelPackageArn"]
+    with pytest.raises(UserError, match="differs from the registered"):
+        resolve_model("latest", tmp_path / "store", "0" * 64)
+    store.path(url).write_bytes(b"tampered")
+    with pytest.raises(UserError, match="SHA-256"):
+        resolve_model("latest", tmp_path / "store", None)
+    with pytest.raises(UserError, match="image-classifier/9"):
+        resolve_model("image-classifier/9", tmp_path / "store", None)

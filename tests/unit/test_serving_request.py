@@ -140,3 +140,48 @@ def test_top_k_labels_are_sorted_clamped_and_distinct(classes, top_k, seed):
         values = [item["probability"] for item in row]
         assert values == sorted(values, reverse=True)
         assert values[0] == pytest.approx(float(expected.max()), abs=1e-6)
+
+
+def test_constants_shared_with_the_server_agree():
+    """The server cannot import the archive's imgclf (it must not shadow it), so it repeats two constants."""
+    from pipeline.serving import server
+
+    assert server.MAX_PAYLOAD_BYTES == serving.MAX_PAYLOAD_BYTES
+    assert server.MODEL_VERSION_ENV == serving.MODEL_VERSION_ENV
+
+
+TOOLKIT_ERRORS = '''
+class BaseInferenceToolkitError(Exception):
+    def __init__(self, status_code, message, phrase):
+        self.status_code = status_code
+        self.message = message
+        self.phrase = phrase
+        super(BaseInferenceToolkitError, self).__init__(status_code, message, phrase)
+'''
+
+
+def test_request_error_is_the_toolkit_error_inside_the_aws_container(tmp_path, monkeypatch):
+    """With sagemaker_inference installed (the AWS PyTorch inference container), RequestError subclasses its
+    BaseInferenceToolkitError (same constructor as sagemaker_inference/errors.py), so the toolkit answers with our
+    status code instead of 500."""
+    import importlib.util
+    import sys
+
+    package = tmp_path / "sagemaker_inference"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "errors.py").write_text(TOOLKIT_ERRORS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = importlib.util.spec_from_file_location("serving_in_container", serving.__file__)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+        from sagemaker_inference.errors import BaseInferenceToolkitError
+
+        error = module.RequestError(413, "too big")
+        assert isinstance(error, BaseInferenceToolkitError)
+        assert (error.status_code, error.message, error.phrase) == (413, "too big", "Payload Too Large")
+    finally:
+        for name in ("sagemaker_inference", "sagemaker_inference.errors", spec.name):
+            sys.modules.pop(name, None)

@@ -1,0 +1,282 @@
+"""Rows 1 and 2: our training path (``entrypoints/train.py: Training``) against a seed-style loop, and the input
+pipeline against compute, on photo-like 500x375 JPEGs.
+
+The seed-style loop is what the seed write-ups ran: ``torchvision.datasets.ImageFolder`` (PIL decoding), transforms
+v1 on PIL images, a default ``DataLoader`` (no workers, no pinned memory), fp32, contiguous memory format and a
+printed line per batch. Both loops use the same model (resnet18, random init), images, crop size, augmentation
+geometry (RandomResizedCrop scale 0.6-1.0, train.py's ``light`` preset), batch size, optimizer and torch threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from bench_common import Result, interleaved, timed
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TrainSizes:
+    """Sizes of rows 1-2: crop ``image_size`` px, ``batch_size`` images, ``steps`` timed batches per repeat."""
+
+    image_size: int = 64
+    batch_size: int = 32
+    steps: int = 6
+    warmup_steps: int = 2
+    repeats: int = 3
+
+
+# -- the seed-style baseline ----------------------------------------------------------------------------------------
+
+
+class SeedStyleLoop:
+    """The seed write-ups' loop: PIL ImageFolder, transforms v1, default DataLoader, fp32, contiguous, prints."""
+
+    def __init__(self, train_dir: Path, sizes: TrainSizes, num_classes: int):
+        from torch.utils.data import DataLoader
+        from torchvision import datasets, models
+        from torchvision import transforms as T
+
+        transform = T.Compose([
+            T.RandomResizedCrop(sizes.image_size, scale=(0.6, 1.0), ratio=(0.85, 1.18)),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+        self.loader = DataLoader(datasets.ImageFolder(str(train_dir), transform), batch_size=sizes.batch_size,
+                                 shuffle=True)
+        self.model = models.resnet18(num_classes=num_classes)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        self.criterion = torch.nn.CrossEntropyLoss()
+        self.batch_size = sizes.batch_size
+
+    def run(self, steps: int) -> int:
+        """Train ``steps`` batches; return the images seen. The per-batch line goes to a buffer (not the screen)."""
+        self.model.train()
+        seen = 0
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            for step, (images, targets) in enumerate(self.loader):
+                if step >= steps:
+                    break
+                self.optimizer.zero_grad()
+                outputs = self.model(images)
+                loss = self.criterion(outputs, targets)
+                loss.backward()
+                self.optimizer.step()
+                seen += targets.size(0)
+                accuracy = (outputs.argmax(1) == targets).float().mean().item()
+                print(f"step {step} loss {loss.item():.4f} accuracy {accuracy:.3f}")
+        return seen
+
+
+class SyntheticImages(torch.utils.data.Dataset):
+    """``length`` samples of one fixed normalised random image ``(3, size, size)`` with cycling labels."""
+
+    def __init__(self, length: int, size: int, num_classes: int):
+        self.length, self.num_classes = length, num_classes
+        self.image = torch.randn(3, size, size)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        return self.image, index % self.num_classes
+
+
+# -- our path -------------------------------------------------------------------------------------------------------
+
+
+class OurLoop:
+    """``train.Training`` built from train.py's own arguments; times ``train_one_epoch`` over ``steps`` batches."""
+
+    def __init__(self, train_dir: Path, sizes: TrainSizes, threads: int, scratch: Path, **options: str):
+        import train as train_script
+
+        argv = ["--train-dir", str(train_dir), "--validation-dir", str(train_dir),
+                "--image-size", str(sizes.image_size), "--batch-size", str(sizes.batch_size),
+                "--epochs", "1000",  # OneCycle's total steps must cover every timed repeat
+                "--debugger", "false", "--threads", str(threads),
+                "--model-dir", str(scratch / "model"), "--output-data-dir", str(scratch / "output"),
+                "--checkpoint-dir", str(scratch / "checkpoints")]
+        for key, value in options.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            self.args = train_script.parse_args(argv)
+            self.training = train_script.Training(self.args, train_script.Distributed())
+        self.batch_size = sizes.batch_size
+        self.epoch = 0
+
+    def run(self, steps: int) -> int:
+        """Train ``steps`` batches with ``train_one_epoch``; return the images seen (drop_last batches)."""
+        self.epoch += 1
+        self.training.steps_per_epoch = steps
+        self.training.train_one_epoch(self.epoch)
+        return min(steps, len(self.training.train_loader)) * self.batch_size
+
+    def run_synthetic(self, steps: int) -> int:
+        """The same ``train_one_epoch`` over one fixed random batch repeated: compute only, no input pipeline."""
+        from torch.utils.data import DataLoader
+
+        loader = self.training.train_loader
+        dataset = SyntheticImages(steps * self.batch_size, self.args.image_size, len(self.training.classes))
+        # A real DataLoader (no workers) over ready tensors: whatever train_one_epoch asks of its loader works.
+        self.training.train_loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                                                generator=torch.Generator())
+        try:
+            return self.run(steps)
+        finally:
+            self.training.train_loader = loader
+
+    def load_only(self, steps: int) -> int:
+        """Iterate the training DataLoader for ``steps`` batches with no model step; return the images read."""
+        seen = 0
+        for step, (images, _targets) in enumerate(self.training.train_loader):
+            if step >= steps:
+                break
+            seen += images.size(0)
+        return seen
+
+
+def _rate(run, steps: int):
+    """A callable for :func:`bench_common.interleaved`: images per second of one ``run(steps)``."""
+    def measure() -> float:
+        box = {}
+        seconds = timed(lambda: box.setdefault("seen", run(steps)))
+        return box["seen"] / seconds
+    return measure
+
+
+# -- draft decoding (a candidate fast path measured here; imgclf/data.py is the lead's) -----------------------------
+
+
+def draft_reader(min_side: int):
+    """An ``imgclf.data.read_image_tensor`` replacement that lets libjpeg decode JPEGs at 1/2, 1/4 or 1/8 scale.
+
+    PIL's ``Image.draft`` picks the smallest DCT scale whose result is still at least ``min_side`` on both sides,
+    so the preset's resize never upsamples; non-JPEG files fall back to the original reader.
+    """
+    import numpy as np
+    from imgclf import data
+    from PIL import Image
+
+    original = data.read_image_tensor
+
+    def read(path):
+        if Path(path).suffix.lower() not in (".jpg", ".jpeg"):
+            return original(path)
+        with Image.open(path) as image:
+            image.draft("RGB", (min_side, min_side))
+            array = np.asarray(data.to_rgb(image), dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+    return read
+
+
+@contextlib.contextmanager
+def patched_reader(reader):
+    """Use ``reader`` as ``imgclf.data.read_image_tensor`` inside the block (workers fork and inherit it)."""
+    from imgclf import data
+
+    original = data.read_image_tensor
+    data.read_image_tensor = reader
+    try:
+        yield
+    finally:
+        data.read_image_tensor = original
+
+
+def draft_min_side(image_size: int, min_scale: float = 0.6) -> int:
+    """Smallest decoded side that RandomResizedCrop(scale >= ``min_scale``) can crop to ``image_size`` without
+    upsampling: the crop's side is at least sqrt(min_scale) of the image's (train.py's ``light`` preset: 0.6)."""
+    return int(image_size / min_scale**0.5) + 1
+
+
+# -- rows -----------------------------------------------------------------------------------------------------------
+
+
+def _describe(sizes: TrainSizes, threads: int) -> str:
+    return f"resnet18, {sizes.image_size} px crops of 500x375 JPEGs, batch {sizes.batch_size}, {threads} threads"
+
+
+def row_training_loop(train_dir: Path, sizes: TrainSizes, threads: int, bf16: bool) -> list[Result]:
+    """Row 1: img/s of ``Training.train_one_epoch`` (train.py's defaults, and with ``--amp true`` where the CPU has
+    bf16) vs the seed-style loop. Goal from issue 7: >= 1.5x."""
+    num_classes = sum(1 for p in Path(train_dir).iterdir() if p.is_dir())
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
+        seed = SeedStyleLoop(train_dir, sizes, num_classes)
+        ours = OurLoop(train_dir, sizes, threads, Path(scratch) / "a")
+        variants = {"seed": seed.run, "ours": ours.run}
+        if bf16:
+            ours_bf16 = OurLoop(train_dir, sizes, threads, Path(scratch) / "b", amp="true")
+            variants["ours_bf16"] = ours_bf16.run
+        for run in variants.values():
+            run(sizes.warmup_steps)
+        rates = interleaved({name: _rate(run, sizes.steps) for name, run in variants.items()}, sizes.repeats)
+    settings = (f"{_describe(sizes, threads)}; {sizes.steps} batches x {sizes.repeats} repeats after "
+                f"{sizes.warmup_steps} warm-up")
+    results = [Result(1, "training loop: ours (train.py defaults) / seed-style", rates["ours"] / rates["seed"],
+                      ">= 1.5", f"ours {rates['ours']:.1f} img/s, seed-style {rates['seed']:.1f} img/s; {settings}",
+                      {"img_per_s": rates, "image_size": sizes.image_size, "batch_size": sizes.batch_size,
+                       "threads": threads, "workers": ours.training.train_loader.num_workers})]
+    if bf16:
+        results.append(Result(
+            1, "training loop: ours + bf16 autocast (--amp true) / seed-style",
+            rates["ours_bf16"] / rates["seed"], ">= 1.5",
+            f"ours+bf16 {rates['ours_bf16']:.1f} img/s vs {rates['seed']:.1f}; CPU has AVX512-BF16/AMX"))
+    return results
+
+
+def row_input_pipeline(train_dir: Path, sizes: TrainSizes, threads: int, amp: str) -> list[Result]:
+    """Row 2: DataLoader-only img/s vs model-step img/s on synthetic tensors, and real-data training img/s over
+    synthetic-data img/s, for train.py's loader, the draft-decoding reader and one DataLoader worker.
+    Goal from issue 7: real / synthetic >= 0.9."""
+    reader = draft_reader(draft_min_side(sizes.image_size))
+    with tempfile.TemporaryDirectory(prefix="bench-input-") as scratch:
+        ours = OurLoop(train_dir, sizes, threads, Path(scratch) / "a", amp=amp)
+        worker = OurLoop(train_dir, sizes, threads, Path(scratch) / "b", amp=amp, workers="1")
+
+        def drafted(run):
+            def call(steps):
+                with patched_reader(reader):
+                    return run(steps)
+            return call
+
+        variants = {
+            "load_only": ours.load_only,
+            "load_only_draft": drafted(ours.load_only),
+            "synthetic": ours.run_synthetic,
+            "real": ours.run,
+            "real_draft": drafted(ours.run),
+            "real_worker": worker.run,
+        }
+        for run in (ours.run, ours.run_synthetic, worker.run):
+            run(sizes.warmup_steps)
+        rates = interleaved({name: _rate(run, sizes.steps) for name, run in variants.items()}, sizes.repeats)
+    synthetic = rates["synthetic"]
+    where = f"{_describe(sizes, threads)}, amp {amp}"
+    return [
+        Result(2, "input pipeline: DataLoader-only / model step (synthetic tensors)",
+               rates["load_only"] / synthetic, None,
+               f"loader {rates['load_only']:.0f} img/s (draft decode {rates['load_only_draft']:.0f}), "
+               f"step {synthetic:.1f} img/s; {where}", {"img_per_s": rates, "threads": threads}),
+        Result(2, "input pipeline: real JPEG training / synthetic (train.py loader)",
+               rates["real"] / synthetic, ">= 0.9",
+               f"real {rates['real']:.1f} img/s vs synthetic {synthetic:.1f}; workers "
+               f"{ours.training.train_loader.num_workers} (auto)"),
+        Result(2, "input pipeline: real / synthetic, JPEG draft decoding (proposed)",
+               rates["real_draft"] / synthetic, ">= 0.9",
+               f"real {rates['real_draft']:.1f} img/s; libjpeg DCT-scaled decode to >= "
+               f"{draft_min_side(sizes.image_size)} px"),
+        Result(2, "input pipeline: real / synthetic, 1 DataLoader worker",
+               rates["real_worker"] / synthetic, ">= 0.9",
+               f"real {rates['real_worker']:.1f} img/s; worker process + {threads} torch threads on "
+               f"{os.cpu_count()} CPUs"),
+    ]
