@@ -2,7 +2,8 @@
 
 Every call goes through :func:`clients` (botocore ``standard`` retry mode, the config's region; the endpoint
 comes from ``AWS_ENDPOINT_URL`` when set, which is how the tests reach moto) and every AWS error surfaces as one
-:class:`~pipeline.cli.UserError` that names the failed operation and the fix (see :func:`aws_errors`).
+:class:`~pipeline.cli.UserError` that names the failed operation and the fix (see :func:`aws_errors`). Messages
+never carry a credential: botocore's own errors name the missing thing, not its value (docs/security.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
+import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
@@ -26,14 +28,18 @@ from botocore.exceptions import (
     NoCredentialsError,
     NoRegionError,
     PartialCredentialsError,
+    SSOError,
+    TokenRetrievalError,
 )
 
 from pipeline._entrypoints import ENTRYPOINTS_DIR
 from pipeline.cli import UserError
 from pipeline.config import Config
 
-#: botocore retries: "standard" mode retries throttling and transient errors with backoff (max 5 attempts).
-RETRY_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 5})
+#: botocore retries: "standard" mode retries throttling and transient errors with exponential backoff and jitter
+#: (https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html), at most 5 attempts per call.
+RETRY_MODE, MAX_ATTEMPTS = "standard", 5
+RETRY_CONFIG = BotoConfig(retries={"mode": RETRY_MODE, "total_max_attempts": MAX_ATTEMPTS})  # first try included
 LAMBDA_RUNTIME = "python3.12"
 LAMBDA_HANDLER = "deploy_endpoint.handler"
 TERMINAL_STATUSES = ("Succeeded", "Failed", "Stopped")
@@ -50,12 +56,32 @@ _FIXES = {
     "ResourceLimitExceeded": "an account quota is reached: request an increase in Service Quotas or use a "
     "smaller instance type / fewer parallel jobs",
     "ThrottlingException": "AWS throttled the calls after retries: wait a minute and run it again",
+    "InvalidAccessKeyId": "the access key is not valid: check AWS_PROFILE / AWS_ACCESS_KEY_ID",
+    "SignatureDoesNotMatch": "the secret key does not match the access key: check AWS_PROFILE / your credentials",
 }
+# A role that is missing or does not trust its service shows up as one of these codes with "role" in the message
+# (SageMaker ValidationException "Could not assume role", Lambda InvalidParameterValueException "The role defined
+# for the function cannot be assumed by Lambda", Scheduler ValidationException "The execution role you provide...").
+# (An AccessDenied on iam:PassRole is the caller's missing permission, not a missing role: _FIXES covers it.)
+_ROLE_CODES = ("ValidationException", "InvalidParameterValueException")
+_ROLE_WORDS = ("assume", "does not exist", "not exist", "not found", "cannot be", "trust")
+ROLE_FIX = (
+    "the IAM role in pipeline.yaml (role_arn, deploy.lambda_role_arn or schedule.role_arn) is missing or does not "
+    "trust its service: create it from the trust and policy files in docs/iam/ (docs/aws.md, step 2) and set its ARN"
+)
+SSO_FIX = "your AWS SSO session expired or was never started: run `aws sso login` (or set other credentials)"
 
 
 def clients(config: Config) -> boto3.Session:
-    """A boto3 session in the config's region. Clients made from it should use :data:`RETRY_CONFIG`."""
-    return boto3.Session(region_name=config.region)
+    """A boto3 session in the config's region whose every client uses :data:`RETRY_MODE` with :data:`MAX_ATTEMPTS`.
+
+    The retry settings are put on the session, not only on :func:`client`'s clients, so the clients the SageMaker
+    SDK makes from it (``schedule``) retry the same way; they override ``AWS_RETRY_MODE`` and the config file.
+    """
+    core = botocore.session.Session()
+    core.set_config_variable("retry_mode", RETRY_MODE)
+    core.set_config_variable("max_attempts", MAX_ATTEMPTS)
+    return boto3.Session(botocore_session=core, region_name=config.region)
 
 
 def client(session: boto3.Session, service: str):
@@ -65,7 +91,13 @@ def client(session: boto3.Session, service: str):
 
 @contextlib.contextmanager
 def aws_errors(action: str):
-    """Turn botocore errors raised inside into one UserError: ``<action> failed: <AWS message>. Fix: <fix>``."""
+    """Turn botocore errors raised inside into one UserError: ``<action> failed: <AWS message>. Fix: <fix>``.
+
+    The fix comes from the error code (:data:`_FIXES`: credentials, expired token, missing bucket, quotas,
+    throttling), or :data:`ROLE_FIX` when the service says a role is missing or cannot be assumed; missing or
+    partial credentials and an expired SSO session have their own messages. Tracebacks stay out of the CLI's output
+    (the UserError is printed as one ``error:`` line by ``pipeline.cli.main``).
+    """
     try:
         yield
     except (NoCredentialsError, PartialCredentialsError) as error:
@@ -73,6 +105,8 @@ def aws_errors(action: str):
             f"{action} failed: no AWS credentials found. Fix: run `aws configure` or `aws sso login`, or set "
             "AWS_PROFILE (docs/aws.md, first run)"
         ) from error
+    except (SSOError, TokenRetrievalError) as error:
+        raise UserError(f"{action} failed: {error}. Fix: {SSO_FIX}") from error
     except NoRegionError as error:
         raise UserError(f"{action} failed: no AWS region. Fix: set `region` in pipeline.yaml") from error
     except EndpointConnectionError as error:
@@ -80,12 +114,18 @@ def aws_errors(action: str):
                         "network, the region, or AWS_ENDPOINT_URL") from error
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
-        message = error.response.get("Error", {}).get("Message", str(error))
+        message = (error.response.get("Error", {}).get("Message") or str(error)).rstrip(". ")
         operation = getattr(error, "operation_name", "")
-        fix = _FIXES.get(code) or "check the names and ARNs in pipeline.yaml against your account"
+        fix = ROLE_FIX if _role_problem(code, message) else _FIXES.get(code)
+        fix = fix or "check the names and ARNs in pipeline.yaml against your account"
         raise UserError(f"{action} failed: {operation} returned {code}: {message}. Fix: {fix}") from error
     except BotoCoreError as error:
         raise UserError(f"{action} failed: {error}") from error
+
+
+def _role_problem(code: str, message: str) -> bool:
+    lowered = message.lower()
+    return code in _ROLE_CODES and "role" in lowered and any(word in lowered for word in _ROLE_WORDS)
 
 
 def _error_code(error: ClientError) -> str:
@@ -440,6 +480,10 @@ def schedule(config: Config, cron: str | None = None, rate: str | None = None) -
             arns = pipeline.put_triggers([trigger], role_arn=config.schedule.role_arn)
         except RuntimeError as error:  # the SDK's "pipeline does not exist"
             raise UserError(f"{error} Fix: run `python -m pipeline upsert` first") from error
+        except ClientError as error:  # the SDK's DescribePipeline of a pipeline not upserted yet
+            if _not_found(error) and getattr(error, "operation_name", "") == "DescribePipeline":
+                raise _missing_pipeline(config) from error
+            raise
     return arns[0]
 
 

@@ -22,6 +22,11 @@ from pipeline.cli import UserError
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
 if not logging.getLogger("sagemaker.config").handlers:
     logging.getLogger("sagemaker.config").addHandler(logging.NullHandler())
+# botocore's DEBUG records print every request's headers, the session token (X-Amz-Security-Token) and access key
+# id among them: keep them off even under --verbose, so no log holds a credential (docs/security.md). Every CLI
+# run imports this module (pipeline/cli.py builds the parser from all command modules), serving's predict included.
+for _name in ("botocore", "boto3", "s3transfer"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

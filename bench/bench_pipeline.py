@@ -1,0 +1,61 @@
+"""Row 4: wall time of ``python -m pipeline run-local`` on the bundled digits, by step (from execution.json).
+
+The run gets its own store and runs folder in a temporary directory, so step caching from earlier runs cannot
+shorten it. ``--quick`` runs 20 digits per class and 2 tuning trials instead of the bundled 500 and pipeline.yaml's
+``local:`` tuning budget.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_common import ROOT, Result, not_available
+
+QUICK_OVERRIDES = ["--set", "tuning.max_jobs=2", "--set", "tuning.max_parallel_jobs=2"]
+
+
+def row_local_pipeline(quick: bool, timeout_s: float) -> list[Result]:
+    """Run the local pipeline once; one line per step (its share of the wall time) and one for the whole run."""
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as scratch:
+        scratch = Path(scratch)
+        data = scratch / "digits"
+        sample = [python, "-m", "pipeline", "sample-data", "--out", str(data)]
+        if quick:
+            sample += ["--per-class", "20"]
+        made = subprocess.run(sample, cwd=ROOT, capture_output=True, text=True)
+        if made.returncode != 0:
+            return [not_available(4, "local pipeline", f"sample-data failed: {made.stderr.strip()[-300:]}")]
+        command = [python, "-m", "pipeline", "run-local", "--data", str(data), "--store", str(scratch / "store"),
+                   "--runs", str(scratch / "runs"), "--no-logs", *(QUICK_OVERRIDES if quick else [])]
+        started = time.perf_counter()
+        try:
+            finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return [not_available(4, "local pipeline", f"run-local took more than {timeout_s:.0f} s (the bench's "
+                                  "budget for this row); run it alone with `make run`")]
+        wall = time.perf_counter() - started
+        records = sorted((scratch / "runs").glob("*/execution.json"))
+        if not records:
+            return [not_available(4, "local pipeline", f"run-local wrote no execution.json (exit "
+                                  f"{finished.returncode}): {finished.stderr.strip()[-300:]}")]
+        record = json.loads(records[-1].read_text())
+    status = record.get("PipelineExecutionStatus")
+    size = "20 digits/class, 2 trials" if quick else "5,000 bundled digits, pipeline.yaml local: block"
+    results = [Result(4, "local pipeline: run-local wall time", None, None,
+                      f"{wall:.0f} s, {status} ({size}); step times below are shares of it",
+                      {"wall_s": wall, "status": status, "exit_code": finished.returncode})]
+    for step in record.get("Steps", []):
+        seconds = step.get("DurationSeconds")
+        if seconds is None:
+            continue
+        cached = " (cache hit)" if step.get("CacheHit") else ""
+        results.append(Result(4, f"local pipeline: step {step['StepName']} ({step.get('StepType')}) / total",
+                              seconds / wall, None, f"{seconds:.1f} s, {step.get('StepStatus')}{cached}",
+                              {"seconds": seconds, "status": step.get("StepStatus")}))
+    return results
