@@ -26,11 +26,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class TrainSizes:
     """Sizes of rows 1-2: crop ``image_size`` px, ``batch_size`` images, ``steps`` timed batches per repeat."""
 
-    image_size: int = 64
+    image_size: int = 96
     batch_size: int = 32
-    steps: int = 6
+    steps: int = 4
     warmup_steps: int = 2
-    repeats: int = 3
+    repeats: int = 4
 
 
 # -- the seed-style baseline ----------------------------------------------------------------------------------------
@@ -244,8 +244,9 @@ def row_training_loop(train_dir: Path, sizes: TrainSizes, threads: int, bf16: bo
 def row_input_pipeline(train_dir: Path, sizes: TrainSizes, threads: int, bf16: bool) -> list[Result]:
     """Row 2: DataLoader-only img/s vs model-step img/s on synthetic tensors, and real-data training img/s over
     synthetic-data img/s with the same settings: train.py's defaults, and where the CPU has bf16 the faster
-    compute of ``--amp true`` (which leaves the input pipeline less time), alone, with one DataLoader worker and
-    with draft JPEG decoding. Goal from issue 7: real / synthetic >= 0.9."""
+    compute of ``--amp true`` (which leaves the input pipeline less time), alone and with one DataLoader worker.
+    The DataLoader-only rate is also given with draft JPEG decoding (a candidate reader, measured only).
+    Goal from issue 7: real / synthetic >= 0.9."""
     reader = draft_reader(draft_min_side(sizes.image_size))
 
     def drafted(run):
@@ -263,7 +264,7 @@ def row_input_pipeline(train_dir: Path, sizes: TrainSizes, threads: int, bf16: b
             fast = OurLoop(train_dir, sizes, threads, scratch / "bf16", amp="true")
             fast_worker = OurLoop(train_dir, sizes, threads, scratch / "bf16w", amp="true", workers="1")
             variants.update({"synthetic_bf16": fast.run_synthetic, "real_bf16": fast.run,
-                             "real_bf16_worker": fast_worker.run, "real_bf16_draft": drafted(fast.run)})
+                             "real_bf16_worker": fast_worker.run})
             fast_worker.run(sizes.warmup_steps)  # starts the worker process before timing
         for name in ("synthetic", "real", "synthetic_bf16", "real_bf16"):
             if name in variants:
@@ -273,7 +274,8 @@ def row_input_pipeline(train_dir: Path, sizes: TrainSizes, threads: int, bf16: b
     results = [
         Result(2, "input pipeline: DataLoader-only / model step on synthetic tensors (fp32)",
                rates["load_only"] / rates["synthetic"], None,
-               f"loader {rates['load_only']:.0f} img/s (with draft decoding {rates['load_only_draft']:.0f}), "
+               f"loader {rates['load_only']:.0f} img/s (with draft JPEG decoding to >= "
+               f"{draft_min_side(sizes.image_size)} px: {rates['load_only_draft']:.0f}), "
                f"model step {rates['synthetic']:.1f} img/s; {where}", {"img_per_s": rates, "threads": threads}),
         Result(2, "input pipeline: real JPEGs / synthetic, train.py defaults (fp32, workers auto)",
                rates["real"] / rates["synthetic"], ">= 0.9",
@@ -281,11 +283,8 @@ def row_input_pipeline(train_dir: Path, sizes: TrainSizes, threads: int, bf16: b
     ]
     if bf16:
         synthetic = rates["synthetic_bf16"]
-        for name, label in (("real_bf16", "--amp true"), ("real_bf16_worker", "--amp true --workers 1"),
-                            ("real_bf16_draft", "--amp true + draft JPEG decoding")):
+        for name, label in (("real_bf16", "--amp true"), ("real_bf16_worker", "--amp true --workers 1")):
             detail = f"real {rates[name]:.1f} vs synthetic {synthetic:.1f} img/s"
-            if name == "real_bf16_draft":
-                detail += f" (libjpeg DCT-scaled decode to >= {draft_min_side(sizes.image_size)} px)"
             results.append(Result(2, f"input pipeline: real JPEGs / synthetic, {label}", rates[name] / synthetic,
                                   ">= 0.9", detail))
     return results

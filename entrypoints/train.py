@@ -256,6 +256,8 @@ class Training:
     def start_debugger(self) -> None:
         if not (self.args.debugger and self.env.is_main):
             return
+        # smdebug logs ~70 INFO lines per job; its warnings and errors still show.
+        os.environ.setdefault("SMDEBUG_LOG_LEVEL", "warning")
         try:
             from imgclf.debugger.hook import DebugSession
             from imgclf.debugger.profiler import SystemMonitor

@@ -108,12 +108,14 @@ def _managed_debugger(ctx: StepContext) -> dict:
     }
 
 
-def make_estimator(ctx: StepContext, step: str, instance_count, checkpoints: bool, distributed: bool) -> PyTorch:
+def make_estimator(ctx: StepContext, step: str, instance_count, checkpoints: bool, distributed: bool,
+                   extra_hyperparameters: dict[str, str] | None = None) -> PyTorch:
     """The PyTorch estimator running ``train.py`` from the code bundle (tune and train share it).
 
     ``instance_count``: an int or the ``TrainingInstanceCount`` parameter. ``checkpoints``: give the job a
     checkpoint S3 URI (not for tuning jobs: parallel trials must not share a checkpoint folder).
     ``distributed``: torch distributed (torchrun) when the config's ``instances.training_count`` is above 1.
+    ``extra_hyperparameters``: fixed ``train.py`` arguments of this step only (string values).
     """
     config = ctx.config
     kwargs: dict = {}
@@ -144,7 +146,7 @@ def make_estimator(ctx: StepContext, step: str, instance_count, checkpoints: boo
         output_path=ctx.s3_uri(step),
         code_location=ctx.s3_uri("code"),
         base_job_name=ctx.job_name(step),
-        hyperparameters=static_hyperparameters(ctx),
+        hyperparameters={**static_hyperparameters(ctx), **(extra_hyperparameters or {})},
         metric_definitions=list(METRIC_DEFINITIONS),
         subnets=network.subnets if network else None,
         security_group_ids=network.security_group_ids if network else None,

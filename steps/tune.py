@@ -50,7 +50,10 @@ def parameter_range(spec: ContinuousRange | IntegerRange | CategoricalRange):
 def build(ctx: StepContext, split: ProcessingStep) -> TuningStep:
     """Return the ``tune`` step over the split step's ``train`` and ``validation`` outputs."""
     tuning = ctx.config.tuning
-    estimator = train.make_estimator(ctx, STEP_NAME, instance_count=1, checkpoints=False, distributed=False)
+    # Trials save no tensors: the debug step judges only the final training job, and the smdebug hook costs
+    # about a third of each step's time on small models.
+    estimator = train.make_estimator(ctx, STEP_NAME, instance_count=1, checkpoints=False, distributed=False,
+                                     extra_hyperparameters={"debugger": "false"})
     tuner = HyperparameterTuner(
         estimator=estimator,
         objective_metric_name=OBJECTIVE_METRIC,
