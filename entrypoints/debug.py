@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import tarfile
 from pathlib import Path
 
 from imgclf import schemas
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_training_output(
             Path(args.training_output), given, blocking_rules=args.blocking_rules, rules=args.rules or None
         )
-    except FileNotFoundError as error:
+    except (FileNotFoundError, tarfile.TarError) as error:  # TarError: an unsafe member refused by filter="data"
         print(f"error: {error}", file=sys.stderr)
         return 1
     output_dir = Path(args.output_dir)

@@ -4,7 +4,9 @@ Event (the LambdaStep's inputs)::
 
     {"model_package_arn": "arn:aws:sagemaker:<region>:<account>:model-package/<group>/<version>",
      "endpoint_name": "image-classification", "instance_type": "ml.m5.large",
-     "initial_instance_count": 1, "role_arn": "arn:aws:iam::<account>:role/<model execution role>"}
+     "initial_instance_count": 1, "role_arn": "arn:aws:iam::<account>:role/<model execution role>",
+     "network_isolation": "false", "kms_key_id": "<optional>", "subnets": "<optional, comma-separated>",
+     "security_group_ids": "<optional, comma-separated>"}
 
 Returns ``{"statusCode": 200, "endpoint_name": ..., "status": "Creating" | "Updating" | "Unchanged" | "Skipped",
 "model_name": ..., "endpoint_config_name": ...}``. A package whose approval status is not ``Approved`` is not
@@ -21,12 +23,19 @@ import hashlib
 import logging
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 log = logging.getLogger()
 log.setLevel(logging.INFO)
 
 REQUIRED = ("model_package_arn", "endpoint_name", "instance_type", "role_arn")
+#: botocore's standard retry mode: throttling and transient errors retried with exponential backoff.
+RETRY_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 5})
+
+
+def _csv(value) -> list[str]:
+    return [item.strip() for item in str(value or "").split(",") if item.strip()]
 
 
 def _missing(error: ClientError) -> bool:
@@ -51,7 +60,7 @@ def deploy(event: dict, sagemaker=None) -> dict:
     missing = [key for key in REQUIRED if not event.get(key)]
     if missing:
         raise ValueError(f"deploy event lacks {', '.join(missing)}")
-    sagemaker = sagemaker or boto3.client("sagemaker")
+    sagemaker = sagemaker or boto3.client("sagemaker", config=RETRY_CONFIG)
     package = sagemaker.describe_model_package(ModelPackageName=event["model_package_arn"])
     endpoint = event["endpoint_name"]
     approval = package.get("ModelApprovalStatus")
@@ -67,18 +76,26 @@ def deploy(event: dict, sagemaker=None) -> dict:
     except ClientError as error:
         if not _missing(error):
             raise
+        isolated = str(event.get("network_isolation", "false")).lower() == "true"
+        model_security: dict = {"EnableNetworkIsolation": isolated}
+        if _csv(event.get("subnets")):
+            model_security["VpcConfig"] = {"Subnets": _csv(event["subnets"]),
+                                           "SecurityGroupIds": _csv(event.get("security_group_ids"))}
         sagemaker.create_model(
             ModelName=model_name,
             ExecutionRoleArn=event["role_arn"],
             Containers=[{"ModelPackageName": event["model_package_arn"]}],
+            **model_security,
         )
     try:
         sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
     except ClientError as error:
         if not _missing(error):
             raise
+        volume_key = {"KmsKeyId": event["kms_key_id"]} if event.get("kms_key_id") else {}
         sagemaker.create_endpoint_config(
             EndpointConfigName=config_name,
+            **volume_key,
             ProductionVariants=[{
                 "VariantName": "AllTraffic",
                 "ModelName": model_name,

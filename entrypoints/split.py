@@ -59,7 +59,7 @@ def scan(input_dir: Path, max_pixels: int, workers: int = 8):
     candidates: list[tuple[str, Path]] = []
     ignored: list[str] = []
     for entry in sorted(input_dir.iterdir()):
-        if data.is_hidden(entry) or not entry.is_dir():
+        if data.is_hidden(entry) or entry.is_symlink() or not entry.is_dir():
             ignored.append(entry.name)
             continue
         # Walk without following folder links (a link loop would never end); record what is skipped.

@@ -437,6 +437,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: write it as section.key=value, e.g. --set tuning.max_jobs=8")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
+        # YAML 1.1 reads on/off/yes/no as booleans; on the command line they are words (early_stopping=Off).
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw.strip()
     except yaml.YAMLError as error:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({error.problem})") from error
     return key.strip().split("."), value

@@ -3,7 +3,8 @@
 The function (``deploy.lambda_function_name``) runs ``entrypoints/deploy_endpoint.py``'s ``handler``; ``upsert``
 creates or updates it. Inputs (the handler's event): ``model_package_arn`` (the register step's
 ``ModelPackageArn``), ``endpoint_name``, ``instance_type``, ``initial_instance_count`` and ``role_arn`` (the role
-the endpoint's model runs as: the pipeline role). Outputs: ``endpoint_name`` and ``status`` (``Creating``,
+the endpoint's model runs as: the pipeline role), ``network_isolation`` and, when configured, ``kms_key_id``,
+``subnets`` and ``security_group_ids`` (comma-separated). Outputs: ``endpoint_name`` and ``status`` (``Creating``,
 ``Updating`` or ``Skipped`` when the package is not Approved).
 """
 
@@ -28,6 +29,14 @@ def function_arn(ctx: StepContext) -> str:
 def build(ctx: StepContext, register: ModelStep) -> LambdaStep:
     """Return the ``deploy`` step (not cached: it acts on an endpoint, and LambdaStep takes no CacheConfig)."""
     deploy = ctx.config.deploy
+    security = ctx.config.security
+    # The endpoint gets the same protections as the jobs: its volume key, VPC and network isolation.
+    protections = {"network_isolation": "true" if security.enable_network_isolation else "false"}
+    if security.kms_key_id:
+        protections["kms_key_id"] = security.kms_key_id
+    if security.subnets:
+        protections["subnets"] = ",".join(security.subnets)
+        protections["security_group_ids"] = ",".join(security.security_group_ids)
     return LambdaStep(
         name=STEP_NAME,
         lambda_func=Lambda(function_arn=function_arn(ctx), session=ctx.session),
@@ -37,6 +46,7 @@ def build(ctx: StepContext, register: ModelStep) -> LambdaStep:
             "instance_type": deploy.instance_type,
             "initial_instance_count": deploy.initial_instance_count,
             "role_arn": ctx.config.role_arn,
+            **protections,
         },
         outputs=[
             LambdaOutput(output_name="endpoint_name", output_type=LambdaOutputTypeEnum.String),

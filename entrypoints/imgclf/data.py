@@ -132,8 +132,11 @@ class Sample:
 
 
 def list_classes(root: Path) -> list[str]:
-    """Sorted names of the non-hidden class folders directly under ``root``."""
-    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not is_hidden(p))
+    """Sorted names of the non-hidden class folders directly under ``root``.
+
+    A link to a folder is not a class: a link to the tree itself would copy every image into a bogus class.
+    """
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.is_symlink() and not is_hidden(p))
 
 
 def iter_class_files(class_dir: Path):

@@ -108,10 +108,13 @@ def predict_sagemaker(endpoint_name: str, images: list[Path], top_k: int = 5,
             the fix.
     """
     import boto3
+    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
     try:
-        runtime = boto3.client("sagemaker-runtime", region_name=region)
+        # A fresh Session resolves credentials now, not from boto3's cached default session; standard retries.
+        runtime = boto3.Session().client("sagemaker-runtime", region_name=region,
+                                         config=Config(retries={"mode": "standard", "total_max_attempts": 5}))
     except NoRegionError as error:
         raise PredictError("no AWS region is configured: pass --region (e.g. us-east-1) or set AWS_DEFAULT_REGION"
                            ) from error

@@ -226,9 +226,6 @@ def test_throttling_that_never_ends_stops_after_five_attempts_with_one_line(mark
     assert "ThrottlingException" in line and "wait a minute" in line
 
 
-@pytest.mark.xfail(strict=True, reason="entrypoints/deploy_endpoint.py makes boto3.client('sagemaker') with the "
-                   "runtime's default retries (legacy in older Lambda runtimes); fix: pass config=botocore.config."
-                   "Config(retries={'mode': 'standard', 'total_max_attempts': 5})")
 def test_deploy_lambda_client_uses_standard_retries():
     tree = ast.parse((ENTRYPOINTS / "deploy_endpoint.py").read_text(encoding="utf-8"))
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)

@@ -310,11 +310,6 @@ def test_definition_passes_kms_vpc_and_network_isolation_to_every_job(secured_de
         assert "KmsKeyId" not in text and "VpcConfig" not in text and '"EnableNetworkIsolation": true' not in text, name
 
 
-@pytest.mark.xfail(strict=True, reason="the deploy step's Lambda inputs carry no KMS key, VPC or network isolation, so "
-                   "the endpoint runs outside the configured VPC with an unencrypted volume; fix: steps/deploy.py adds "
-                   "kms_key_id, subnets, security_group_ids, enable_network_isolation to the LambdaStep inputs and "
-                   "entrypoints/deploy_endpoint.py sets CreateModel VpcConfig + EnableNetworkIsolation and "
-                   "CreateEndpointConfig KmsKeyId from them")
 def test_deploy_step_carries_the_security_settings_to_the_endpoint(secured_definition):
     deploy = next(step for step in walk_steps(secured_definition["Steps"]) if step["Type"] == "Lambda")
     inputs = json.dumps(deploy["Arguments"])

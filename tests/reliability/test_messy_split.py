@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from tests.conftest import ENTRYPOINTS
@@ -165,9 +164,6 @@ def test_split_of_thousands_of_messy_files_names_every_reject_and_keeps_every_go
         assert line in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="split.py scan() and imgclf.data.list_classes() follow a top-level folder link: "
-                   "a link to the tree itself becomes a class holding a copy of every image (fix: skip "
-                   "entry.is_symlink() at the class level, as below it)")
 def test_a_class_level_link_to_the_tree_itself_is_ignored_not_a_class(tmp_path, digits_dir):
     root = tmp_path / "images"
     for label in ("0_zero", "1_one"):

@@ -145,9 +145,7 @@ def test_report_reads_training_output_members_without_writing(tmp_path):
     assert "extractall" not in source and ".extract(" not in source
 
 
-@pytest.mark.parametrize("script", ["evaluate.py", pytest.param("debug.py", marks=pytest.mark.xfail(
-    strict=True, reason="debug.py prints a traceback for an unsafe archive (fix: catch tarfile.TarError in main() "
-    "and print `error: <message>`, as evaluate.py does)"))])
+@pytest.mark.parametrize("script", ["evaluate.py", "debug.py"])
 def test_scripts_fail_with_one_clear_line_on_a_hostile_archive(script, tmp_path):
     """As a container runs them: exit status != 0, the member named in stderr, and no traceback."""
     outside = tmp_path / "outside" / "escape.txt"
