@@ -29,7 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import ROOT, Result, add_project_paths, cpu_bf16, machine_info, not_available  # noqa: E402
+from bench_common import (  # noqa: E402
+    ROOT,
+    Result,
+    add_project_paths,
+    cpu_bf16,
+    load_average,
+    machine_info,
+    not_available,
+)
 
 ROW_NAMES = {1: "training loop", 2: "input pipeline", 3: "endpoint", 4: "local pipeline", 5: "tuning",
              6: "peak memory"}
@@ -54,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (results go to quick.*)")
     parser.add_argument("--rows", type=parse_rows, default=sorted(ROW_NAMES), help="e.g. 1,2,3 (default: all)")
     parser.add_argument("--skip-pipeline", action="store_true", help="leave out row 4 (run-local, the slowest)")
-    parser.add_argument("--threads", type=int, default=cpus, help=f"torch threads for every row (default {cpus})")
+    # One thread by default: on a 2-core host shared with other work, 2 OpenMP threads measured 3-5x slower and
+    # far noisier than 1 (a descheduled thread stalls every parallel region); --threads 2 on a quiet machine.
+    parser.add_argument("--threads", type=int, default=1,
+                        help=f"torch threads of every measured process (default 1; this host has {cpus} CPUs)")
     parser.add_argument("--budget-s", type=float, default=900.0,
                         help="whole-bench time budget in seconds; row 4's timeout is what is left (default 900)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
@@ -209,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     results, run = run_rows(args, log)
-    machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    machine["load_average_end"] = load_average()
     run["command"] = "bench/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     run["quick"] = args.quick
     print_table(results, machine)

@@ -142,6 +142,11 @@ def cpu_bf16() -> bool:
     return bool({"avx512_bf16", "amx"} & set(cpu_features()))
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages, rounded to 0.01 (None where the OS has none)."""
+    return [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 def machine_info(threads: int) -> dict:
     """CPU count and model, features, torch versions, GPU, load average and the date (UTC, ISO 8601)."""
     import torch
@@ -158,6 +163,6 @@ def machine_info(threads: int) -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_start": load_average(),
     }
     return info

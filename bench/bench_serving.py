@@ -302,6 +302,7 @@ def row_endpoint(threads: int, sizes: ServeSizes, bf16: bool, memory: dict) -> l
         best["p50_ms_batch1"] / measured_paths[0]["p50_ms_batch1"], None,
         "; ".join(f"{p['path']}: {p['p50_ms_batch1']:.1f} ms, {p['img_per_s_batch8']:.0f} img/s at batch 8, "
                   f"max prob diff {p['max_probability_diff_vs_fp32']:.1e}"
+                  + (f", compiled in {p['compile_s']:.0f} s" if p.get("compile_s") else "")
                   if p["available"] else f"{p['path']}: not available ({p['why']})" for p in paths),
         {"paths": paths}))
     return results

