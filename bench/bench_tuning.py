@@ -117,7 +117,9 @@ def run_study(curves: Curves, sizes: TuneSizes, strategy: str, early_stopping: b
     config = {"Strategy": strategy, "RandomSeed": sizes.seed,
               "TrainingJobEarlyStoppingType": "Auto" if early_stopping else "Off"}
     sampler, pruner = sampler_and_pruner(config, space)
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    # A fixed study name: HyperbandPruner assigns trials to brackets by a hash of the study name and trial number.
+    study = optuna.create_study(study_name=f"bench-{strategy}-{config['TrainingJobEarlyStoppingType']}",
+                                direction="maximize", sampler=sampler, pruner=pruner)
     trials = []
     for _ in range(sizes.trials):
         trial = study.ask(space)
