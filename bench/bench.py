@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     # far noisier than 1 (a descheduled thread stalls every parallel region); --threads 2 on a quiet machine.
     parser.add_argument("--threads", type=int, default=1,
                         help=f"torch threads of every measured process (default 1; this host has {cpus} CPUs)")
-    parser.add_argument("--budget-s", type=float, default=900.0,
-                        help="whole-bench time budget in seconds; row 4's timeout is what is left (default 900)")
+    parser.add_argument("--budget-s", type=float, default=840.0,
+                        help="whole-bench time budget in seconds; row 4's timeout is what is left (default 840)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
     return parser
 

@@ -346,9 +346,10 @@ class Training:
                       "validation_loss": validation_loss, "validation_accuracy": validation_accuracy,
                       "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
             self.history.append(record)
+            # Checkpoint first: once an epoch's metric line is out, a kill can no longer lose that epoch.
+            self.save_checkpoint(epoch)
             if self.env.is_main:
                 print(format_metric_line(**record), flush=True)
-            self.save_checkpoint(epoch)
 
     # -- outputs -----------------------------------------------------------------------------------------------
     def save_model(self) -> None:

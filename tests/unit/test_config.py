@@ -26,7 +26,7 @@ def test_default_config_loads_and_local_block_merges():
     assert (local.tuning.max_jobs, local.tuning.max_parallel_jobs) == (4, 2)
     assert local.registry.approval_status == "Approved"
     # deep merge: keys the local block does not name keep the top-level values
-    assert local.tuning.ranges["momentum"] == aws.tuning.ranges["momentum"]
+    assert local.tuning.ranges["weight-decay"] == aws.tuning.ranges["weight-decay"]
     assert local.training.hyperparameters["optimizer"] == aws.training.hyperparameters["optimizer"]
     assert local.instances.training_type == aws.instances.training_type
 
