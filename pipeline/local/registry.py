@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import re
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.local.store import Store, StoreError, atomic_write_json
+from pipeline.serving.handlers import sha256_of
 
 REGISTRY_FOLDER = "_registry"
 REGION = "us-east-1"
@@ -38,15 +38,6 @@ _ARN = re.compile(r"^arn:aws[a-z-]*:sagemaker:[^:]*:[^:]*:model-package/(?P<grou
 
 class RegistryError(Exception):
     """An unknown group or version, a bad name or approval status (the message names it and the valid ones)."""
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 (hex) of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_package_arn(group: str, version: int) -> str:
@@ -125,7 +116,7 @@ class ModelRegistry:
             path = self.store.path(url)
             if not path.is_file():
                 raise RegistryError(f"ModelDataUrl {url}: no model archive in the store (expected {path})")
-            digests[url] = sha256_file(path)
+            digests[url] = sha256_of(path)
         metrics = {}
         for section in ("ModelQuality", "ModelDataQuality", "Bias", "Explainability"):
             for kind, source in ((request.get("ModelMetrics") or {}).get(section) or {}).items():
@@ -219,11 +210,11 @@ class ModelRegistry:
         expected = (description.get("ModelDataSha256") or {}).get(url)
         if not path.is_file():
             raise RegistryError(f"{url}: the registered model archive is missing from the store ({path})")
-        if expected and sha256_file(path) != expected:
+        if expected and sha256_of(path) != expected:
             raise RegistryError(
                 f"{url}: SHA-256 differs from the one registered for {description['ModelPackageArn']}"
             )
-        return path, expected or sha256_file(path)
+        return path, expected or sha256_of(path)
 
 
 def resolve_model_package(store_root: str | Path, spec: str = "latest", group: str | None = None) -> dict[str, Any]:
