@@ -23,7 +23,7 @@ def test_default_config_loads_and_local_block_merges():
     aws = load_config()
     local = load_config(local=True)
     assert aws.training.image_size == 224 and local.training.image_size == 28
-    assert (local.tuning.max_jobs, local.tuning.max_parallel_jobs) == (4, 2)
+    assert (local.tuning.max_jobs, local.tuning.max_parallel_jobs) == (3, 2)
     assert local.registry.approval_status == "Approved"
     # deep merge: keys the local block does not name keep the top-level values
     assert local.tuning.ranges["weight-decay"] == aws.tuning.ranges["weight-decay"]
