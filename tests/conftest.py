@@ -60,3 +60,15 @@ def trained_model(digits_split, tmp_path_factory) -> Path:
                "--image-size", "28", "--epochs", "4", "--batch-size", "32", "--lr", "0.05",
                "--augment", "none", "--debugger", "false")
     return job
+
+
+@pytest.fixture(scope="module")
+def moto_server_url():
+    """moto's ThreadedMotoServer on a free loopback port, one per test module (fresh AWS state per module)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

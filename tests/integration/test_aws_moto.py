@@ -10,7 +10,6 @@ import json
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from pipeline import aws
 from pipeline.cli import UserError, main
@@ -20,25 +19,16 @@ ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def aws_env(moto_endpoint, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+def aws_env(moto_server_url, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server_url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-    return moto_endpoint
+    return moto_server_url
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import sys
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto.server import ThreadedMotoServer
 
 from pipeline import aws
 from pipeline.cli import UserError, main
@@ -120,18 +119,9 @@ def test_expired_token_is_one_line_with_the_fix(marked, monkeypatch, capsys):
     assert "ExpiredTokenException" in line and "refresh your credentials" in line
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def moto(isolated_aws, moto_url, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+def moto(isolated_aws, moto_server_url, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server_url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     session = boto3.Session(region_name=REGION)  # not boto3.client: its default session would keep the credentials
