@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import re
 import tempfile
 import time
 import warnings
@@ -202,41 +204,29 @@ def endpoint_throughput(url: str, images_dir: Path, sizes: ServeSizes) -> dict:
     return report.as_dict()
 
 
-BF16_PATCH = """
-
-# --- added by bench/bench_serving.py: the proposed CPU bf16 path, measured end to end -------------------------------
-_fp32_predict_fn = predict_fn
-
-
-def predict_fn(input_data, model):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.device.type == "cpu"):
-        return _fp32_predict_fn(input_data, model)
-"""
-
-
-def bf16_model_dir(model_dir: Path, folder: Path) -> Path:
-    """A copy of ``model_dir`` whose ``code/inference.py`` runs ``predict_fn`` under CPU bf16 autocast."""
-    import shutil
-
-    shutil.copytree(model_dir, folder)
-    with open(folder / "code" / "inference.py", "a", encoding="utf-8") as handle:
-        handle.write(BF16_PATCH)
-    return folder
+def endpoint_autocast(log_path: Path) -> str:
+    """The autocast choice the endpoint logged at load (``bfloat16``, ``float16`` or ``off``)."""
+    match = re.search(r"autocast (\w+)", log_path.read_text(encoding="utf-8", errors="replace"))
+    return match.group(1) if match else "unknown"
 
 
 def measure_endpoints(model_dir: Path, images_dir: Path, body: bytes, threads: int, sizes: ServeSizes,
-                      log_dir: Path) -> dict:
-    """Start a batching and a one-at-a-time endpoint for ``model_dir``; measure latency (on the batching one),
-    requests/s at ``sizes.concurrency`` clients (best of two rounds, run in both orders) and peak RSS."""
+                      log_dir: Path, autocast: str) -> dict:
+    """Start a batching and a one-at-a-time endpoint for ``model_dir`` with ``IMGCLF_AUTOCAST=autocast``; measure
+    latency (on the batching one), requests/s at ``sizes.concurrency`` clients (best of two rounds, run in both
+    orders), peak RSS and the autocast dtype the endpoint chose."""
     from pipeline.serving.server import start_in_background
 
     with contextlib.ExitStack() as stack:
         endpoints = {}
         for name, batch in (("batching", 32), ("one_at_a_time", 1)):
-            handle = start_in_background(model_dir, num_threads=threads, max_batch_size=batch,
-                                         log_path=log_dir / f"{model_dir.name}-{name}.log")
+            log_path = log_dir / f"{autocast}-{name}.log"
+            with patched_env(IMGCLF_AUTOCAST=autocast):  # the endpoint process inherits this environment
+                handle = start_in_background(model_dir, num_threads=threads, max_batch_size=batch,
+                                             log_path=log_path)
             stack.callback(handle.stop)
             endpoints[name] = handle
+        chosen = endpoint_autocast(log_dir / f"{autocast}-batching.log")
         latency = request_latencies(endpoints["batching"].url, body, sizes.latency_requests)
         loads = {name: endpoint_throughput(handle.url, images_dir, sizes) for name, handle in endpoints.items()}
         for name in reversed(list(endpoints)):  # the other order: neither endpoint always runs second
@@ -244,15 +234,30 @@ def measure_endpoints(model_dir: Path, images_dir: Path, body: bytes, threads: i
             if again["requests_per_s"] > loads[name]["requests_per_s"]:
                 loads[name] = again
         peaks = {name: peak_rss_mib(handle.process.pid) for name, handle in endpoints.items()}
-    return {"latency_ms": latency, "load": loads, "peak_rss_mib": peaks}
+    return {"latency_ms": latency, "load": loads, "peak_rss_mib": peaks, "autocast": chosen}
+
+
+@contextlib.contextmanager
+def patched_env(**values: str):
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def row_endpoint(threads: int, sizes: ServeSizes, bf16: bool, memory: dict) -> list[Result]:
     """Row 3 (see the module docstring). Goals from issue 7: latency <= 1.2x the bare forward, throughput with
     dynamic batching >= 1.5x one-at-a-time. Records the endpoints' peak RSS in ``memory`` for row 6.
 
-    The endpoint as shipped (fp32) is measured, and where the CPU has bf16 (AVX512-BF16/AMX) also the same
-    archive with bf16 autocast added to its own ``code/inference.py`` (the proposed change, end to end).
+    The endpoint as shipped (``IMGCLF_AUTOCAST=auto``: bf16 autocast when it measures faster at load, which it
+    does on CPUs with AVX512-BF16/AMX) is measured against the bare forward of the path it chose; where it chose
+    bf16, the same archive forced to fp32 (``IMGCLF_AUTOCAST=off``) is measured too.
     """
     try:
         import pipeline.serving.server  # noqa: F401
@@ -261,26 +266,29 @@ def row_endpoint(threads: int, sizes: ServeSizes, bf16: bool, memory: dict) -> l
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         scratch = Path(scratch)
-        model_dir = write_model_dir(scratch / "fp32", sizes.image_size)
+        model_dir = write_model_dir(scratch / "model", sizes.image_size)
         bodies = write_request_images(scratch / "requests", 16, sizes.image_size)
         example = preprocess(bodies[0], model_dir)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notes
             paths = compare_paths(model_dir, example, sizes, bf16)
         by_name = {p["path"]: p for p in paths if p["available"]}
-        variants = {"fp32": (model_dir, min((by_name["fp32 contiguous"], by_name["fp32 channels_last"]),
-                                            key=lambda p: p["p50_ms_batch1"]))}
-        if bf16 and "bf16 autocast channels_last" in by_name:
-            variants["bf16"] = (bf16_model_dir(model_dir, scratch / "bf16"), by_name["bf16 autocast channels_last"])
-        for variant, (folder, bare) in variants.items():
-            label = "endpoint" if variant == "fp32" else "endpoint + bf16 autocast (proposed)"
+        best_fp32 = min((by_name["fp32 contiguous"], by_name["fp32 channels_last"]), key=lambda p: p["p50_ms_batch1"])
+        for autocast in ("auto", "off"):
+            label = "endpoint" if autocast == "auto" else "endpoint forced fp32 (IMGCLF_AUTOCAST=off)"
             try:
-                measured = measure_endpoints(folder, scratch / "requests", bodies[0], threads, sizes, scratch)
+                measured = measure_endpoints(model_dir, scratch / "requests", bodies[0], threads, sizes, scratch,
+                                             autocast)
             except Exception as error:  # noqa: BLE001 - the endpoint is another engineer's part: report, go on
                 results.append(not_available(3, label, f"{type(error).__name__}: {error}"[:300]))
                 continue
+            chosen = measured["autocast"]
+            if autocast == "auto":
+                label = f"endpoint (as shipped: autocast {chosen})"
+            bare = by_name.get("bf16 autocast channels_last") if chosen == "bfloat16" else best_fp32
+            bare = bare or best_fp32
             for name, peak in measured["peak_rss_mib"].items():
-                memory[f"serving_{variant}_{name}_peak_rss_mib"] = peak
+                memory[f"serving_autocast_{autocast}_{name}_peak_rss_mib"] = peak
             p50, p99 = percentile(measured["latency_ms"], 50), percentile(measured["latency_ms"], 99)
             results.append(Result(
                 3, f"{label}: p50 latency, one 224-px JPEG / bare forward", p50 / bare["p50_ms_batch1"], "<= 1.2",
@@ -295,6 +303,8 @@ def row_endpoint(threads: int, sizes: ServeSizes, bf16: bool, memory: dict) -> l
                 batching / single, ">= 1.5",
                 f"{batching:.1f} vs {single:.1f} req/s ({sizes.load_requests} requests, best of 2 rounds); "
                 f"mean batch {mean_batch}", {"load": loads}))
+            if chosen == "off":
+                break  # the shipped endpoint already runs fp32: the forced-fp32 one would measure the same
     measured_paths = [p for p in paths if p["available"]]
     best = min(measured_paths, key=lambda p: p["p50_ms_batch1"])
     results.append(Result(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from imgclf import serving
+from imgclf import precision, serving
 from imgclf.data import pil_to_tensor
 from imgclf.models import build_model
 from imgclf.presets import eval_preset_from_config
@@ -42,10 +42,12 @@ def model_fn(model_dir, context=None) -> serving.ServedModel:
     """Load the model artifacts in ``model_dir`` (model.pth, classes.json, model_config.json; docs/contracts.md).
 
     The state_dict is read with ``weights_only=True`` (no pickled code runs). The memory format (channels_last or
-    not) is measured on a warm-up batch. The model package version comes from ``IMGCLF_MODEL_PACKAGE_VERSION``.
+    not) and the autocast dtype (fp32 unless reduced precision measured faster, see imgclf.precision) are measured
+    on a warm-up batch. The model package version comes from ``IMGCLF_MODEL_PACKAGE_VERSION``.
 
     Raises:
-        FileNotFoundError: a missing artifact file. ValueError: a config/classes mismatch.
+        FileNotFoundError: a missing artifact file. ValueError: a config/classes mismatch, or an unknown
+            ``IMGCLF_AUTOCAST`` value.
     """
     global _PRESET
     folder = Path(model_dir)
@@ -66,11 +68,14 @@ def model_fn(model_dir, context=None) -> serving.ServedModel:
     crop = int(config["crop_size"])
     example = torch.zeros(min(8, serving.MAX_IMAGES_PER_REQUEST), 3, crop, crop, device=device)
     memory_format = serving.pick_memory_format(module, example)
-    logger.info("loaded %s (%d classes, %dpx) on %s, memory format %s", config["model"], len(classes), crop,
-                device, "channels_last" if memory_format == torch.channels_last else "contiguous")
+    autocast_dtype = precision.pick_serving_autocast(module, example.contiguous(memory_format=memory_format))
+    logger.info("loaded %s (%d classes, %dpx) on %s, memory format %s, autocast %s", config["model"],
+                len(classes), crop, device, "channels_last" if memory_format == torch.channels_last else "contiguous",
+                str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "off (fp32)")
     _PRESET = preset
     return serving.ServedModel(module=module, classes=classes, config=config, preset=preset, device=device,
-                               memory_format=memory_format, model_version=serving.model_version_from_env())
+                               memory_format=memory_format, model_version=serving.model_version_from_env(),
+                               autocast_dtype=autocast_dtype)
 
 
 def _request_headers(context) -> dict:
@@ -101,9 +106,15 @@ def input_fn(request_body, request_content_type, context=None) -> serving.ImageB
 
 
 def predict_fn(input_data: serving.ImageBatch, model: serving.ServedModel) -> serving.Predictions:
-    """One forward pass over the whole batch -> softmax probabilities ``float32 (N, num_classes)`` on the CPU."""
+    """One forward pass over the whole batch -> softmax probabilities ``float32 (N, num_classes)`` on the CPU.
+
+    Runs under ``torch.autocast`` with ``model.autocast_dtype`` when ``model_fn`` chose reduced precision (it was
+    measured faster at load; ``IMGCLF_AUTOCAST=off`` forces fp32); the softmax is always computed in fp32.
+    """
     images = input_data.images.to(model.device, non_blocking=True).contiguous(memory_format=model.memory_format)
-    with torch.inference_mode():
+    dtype = model.autocast_dtype
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=dtype or torch.float32,
+                                                 enabled=dtype is not None):
         probabilities = torch.softmax(model.module(images).float(), dim=1).cpu()
     return serving.Predictions(probabilities, list(input_data.top_k), model.classes, model.model_version)
 

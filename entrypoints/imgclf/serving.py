@@ -379,6 +379,8 @@ class ServedModel:
     device: torch.device
     memory_format: torch.memory_format = torch.contiguous_format
     model_version: str | None = None
+    #: torch.autocast dtype of the forward pass (None: fp32); see imgclf.precision.pick_serving_autocast.
+    autocast_dtype: torch.dtype | None = None
 
 
 def model_version_from_env() -> str | None:

@@ -9,9 +9,11 @@ ParameterRanges, TuningJobCompletionCriteria):
   ranges are refused; optuna's GridSampler is not used because it stops the study from inside ``tell``);
   ``Hyperband`` -> ``RandomSampler`` + ``HyperbandPruner`` (Hyperband is an early-stopping scheme over random
   configurations). ``RandomSeed`` seeds the sampler (0 when the definition has none, so runs repeat).
-- ``TrainingJobEarlyStoppingType: Auto`` -> ``MedianPruner``: SageMaker stops a job whose objective at an epoch is
-  worse than the median of earlier jobs' values at that epoch (the median stopping rule); the pruner is fed the
-  objective metric line by line from the trial's log and the trial's process is stopped (status ``Stopped``).
+- ``TrainingJobEarlyStoppingType: Auto`` -> :class:`MedianStoppingPruner`, SageMaker's documented rule ("Stop
+  Training Jobs Early", SageMaker developer guide): after each epoch, a job whose objective is worse than the median
+  of the running averages (mean over epochs 1..n) of the earlier jobs' objective up to the same epoch is stopped.
+  The pruner is fed the objective metric line by line from the trial's log and the trial's process is stopped
+  (status ``Stopped``).
 - ``ParameterRanges``: continuous -> ``FloatDistribution`` (``ScalingType: Logarithmic`` -> ``log=True``;
   ``ReverseLogarithmic`` is sampled linearly), integer -> ``IntDistribution``, categorical -> the ``Values``
   strings as given (JSON-encoded by the SDK, e.g. ``"\\"64\\""``), so tuned values reach ``train.py`` as on AWS.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -43,11 +46,44 @@ from optuna.trial import TrialState
 
 from pipeline.local.jobs import JobContext, JobError, JobResult, job_arn, run_training_job
 
-#: optuna's MedianPruner: completed trials needed before any pruning, and epochs always allowed to run (0: a trial
-#: may be stopped after any epoch, as soon as two trials have completed).
+#: Finished earlier jobs needed before the median stopping rule stops anything (SageMaker documents none; a median
+#: of one job would stop every job worse than the first).
 MEDIAN_STARTUP_TRIALS = 2
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-MEDIAN_WARMUP_EPOCHS = 0
+
+
+class MedianStoppingPruner(optuna.pruners.BasePruner):
+    """SageMaker's early stopping for tuning jobs (``TrainingJobEarlyStoppingType: Auto``) as an optuna pruner.
+
+    After epoch ``n`` of a trial (its reported step), the trial is pruned when its objective is worse (lower when
+    maximizing) than the median, over the earlier finished trials that reached epoch ``n``, of each one's running
+    average of the objective over its epochs ``1..n``. Nothing is pruned until ``min_earlier_trials`` such trials
+    exist. A NaN objective is pruned. Source: SageMaker developer guide, "Stop Training Jobs Early".
+
+    Unlike optuna's MedianPruner (the median of values at epoch ``n``), running averages include the slow first
+    epochs of earlier jobs, so the rule is lenient with a job still climbing.
+    """
+
+    def __init__(self, min_earlier_trials: int = MEDIAN_STARTUP_TRIALS):
+        self.min_earlier_trials = min_earlier_trials
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        value = trial.intermediate_values[step]
+        if math.isnan(value):
+            return True
+        averages = []
+        for earlier in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            upto = [v for s, v in earlier.intermediate_values.items() if s <= step and not math.isnan(v)]
+            if earlier.number != trial.number and earlier.last_step is not None and earlier.last_step >= step \
+                    and upto:
+                averages.append(sum(upto) / len(upto))
+        if len(averages) < self.min_earlier_trials:
+            return False
+        median = statistics.median(averages)
+        return value < median if study.direction == optuna.study.StudyDirection.MAXIMIZE else value > median
 
 TrialCallback = Callable[[str, str, dict], None]
 
@@ -114,7 +150,7 @@ def sampler_and_pruner(
     seed = int(config.get("RandomSeed", 0))
     early_stopping = config.get("TrainingJobEarlyStoppingType", "Off") == "Auto"
     pruner: optuna.pruners.BasePruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
+        MedianStoppingPruner()
         if early_stopping
         else optuna.pruners.NopPruner()
     )

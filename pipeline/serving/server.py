@@ -409,8 +409,11 @@ def start_in_background(model_path: str | os.PathLike, host: str = "127.0.0.1", 
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     root = str(Path(__file__).resolve().parents[2])
+    # OMP_NUM_THREADS too: torch.set_num_threads only sets the calling thread's OpenMP team size, and the threads
+    # that run input_fn (Starlette's pool) would otherwise start teams of every CPU whose spinning workers slow
+    # the forward pass (make bench row 3).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(config.num_threads)}
     env.pop(PORT_ENV, None)  # the port argument decides
     command = [sys.executable, "-m", "pipeline.serving.server", "--host", host, "--port", str(port),
                "--parent-pid", str(os.getpid()), *_server_args(config)]

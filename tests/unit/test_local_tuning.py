@@ -14,7 +14,13 @@ from optuna.storages.journal import JournalFileBackend
 
 from pipeline.local.jobs import JobContext, JobError
 from pipeline.local.store import Store
-from pipeline.local.tuning import distributions, run_tuning_job, sampler_and_pruner, trial_job_name
+from pipeline.local.tuning import (
+    MedianStoppingPruner,
+    distributions,
+    run_tuning_job,
+    sampler_and_pruner,
+    trial_job_name,
+)
 
 # Objective peaks at lr = 10**-1.5; batch-size 64 adds 0.05. With --slow, epochs take 0.2 s and a bad lr shows early.
 OBJECTIVE = textwrap.dedent("""
@@ -175,7 +181,7 @@ def test_ranges_and_strategies_are_mapped_or_refused():
     assert (space["epochs"].low, space["epochs"].high) == (1, 3)
     assert space["opt"].choices == ('"sgd"', '"adamw"')
     sampler, pruner = sampler_and_pruner({"Strategy": "Bayesian", "TrainingJobEarlyStoppingType": "Auto"}, space)
-    assert isinstance(sampler, optuna.samplers.TPESampler) and isinstance(pruner, optuna.pruners.MedianPruner)
+    assert isinstance(sampler, optuna.samplers.TPESampler) and isinstance(pruner, MedianStoppingPruner)
     sampler, pruner = sampler_and_pruner({"Strategy": "Hyperband"}, space)
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
     with pytest.raises(JobError, match="continuous range"):
@@ -184,3 +190,41 @@ def test_ranges_and_strategies_are_mapped_or_refused():
         sampler_and_pruner({"Strategy": "Annealing"}, space)
     with pytest.raises(JobError, match="MinValue 5.0 > MaxValue 1.0"):
         distributions({"ContinuousParameterRanges": [{"Name": "lr", "MinValue": "5", "MaxValue": "1"}]})
+
+
+def _study_with_earlier_jobs(curves: list[dict[int, float]], state=optuna.trial.TrialState.COMPLETE):
+    study = optuna.create_study(direction="maximize", pruner=MedianStoppingPruner())
+    for curve in curves:
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=curve[max(curve)] if state == optuna.trial.TrialState.COMPLETE else None,
+            intermediate_values=curve, params={}, distributions={}))
+    return study
+
+
+def _stopped_after(study, values: list[float]) -> int | None:
+    """Report ``values`` epoch by epoch; the epoch at which the rule stops the trial, or None."""
+    trial = study.ask()
+    for epoch, value in enumerate(values, start=1):
+        trial.report(value, epoch)
+        if trial.should_prune():
+            return epoch
+    return None
+
+
+def test_median_stopping_compares_with_running_averages_as_sagemaker_documents():
+    # Earlier jobs' running averages at epoch 2: A (0.2 + 0.6) / 2 = 0.40, B (0.4 + 0.5) / 2 = 0.45 -> median 0.425.
+    # optuna's MedianPruner would use the epoch-2 values 0.6 and 0.5 (median 0.55) and stop a 0.43 job.
+    study = _study_with_earlier_jobs([{1: 0.2, 2: 0.6, 3: 0.8}, {1: 0.4, 2: 0.5, 3: 0.6}])
+    assert _stopped_after(study, [0.31, 0.43, 0.9]) is None
+    assert _stopped_after(study, [0.31, 0.42, 0.9]) == 2
+    assert _stopped_after(study, [0.29, 0.9, 0.9]) == 1  # epoch 1: the median of 0.2 and 0.4 is 0.3
+    assert _stopped_after(study, [float("nan")]) == 1
+
+
+def test_median_stopping_waits_for_two_earlier_jobs_that_reached_the_epoch():
+    study = _study_with_earlier_jobs([{1: 0.9, 2: 0.9}])
+    assert _stopped_after(study, [0.1, 0.1]) is None  # one earlier job: no median yet
+    study = _study_with_earlier_jobs([{1: 0.9}, {1: 0.8}], state=optuna.trial.TrialState.PRUNED)
+    assert _stopped_after(study, [0.86]) is None  # stopped earlier jobs count (median 0.85)
+    assert _stopped_after(study, [0.84]) == 1
+    assert _stopped_after(study, [0.9, 0.1]) is None  # nobody reached epoch 2
