@@ -29,7 +29,8 @@ class Result:
 
     ``ratio`` is ``subject / baseline`` of the two numbers in ``detail`` (both measured in this run); ``goal`` is
     the issue's target (e.g. ``">= 1.5"``) and ``met`` whether ``ratio`` reaches it (None: no goal, or not
-    measured). ``available`` is False when the part could not be measured; ``detail`` then says why.
+    measured; False for a measured row without a ratio, whose subject never reached the baseline's result).
+    ``available`` is False when the part could not be measured; ``detail`` then says why.
     """
 
     row: int
@@ -42,8 +43,10 @@ class Result:
 
     @property
     def met(self) -> bool | None:
-        if self.ratio is None or not self.goal:
+        if not self.goal or not self.available:
             return None
+        if self.ratio is None:  # measured, but the subject never got there (row 5: never reached the best)
+            return False
         op, target = self.goal.split()
         return self.ratio >= float(target) if op == ">=" else self.ratio <= float(target)
 
