@@ -66,7 +66,9 @@ def training_autocast(setting: str, device: torch.device, crop_size: int) -> tor
     return None
 
 
-def _forward_seconds(module: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype | None, repeats: int) -> float:
+def forward_seconds(module: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype | None, repeats: int) -> float:
+    """Seconds of ``repeats`` inference forward passes of ``batch`` (autocast to ``dtype`` unless None), after one
+    untimed warm-up pass (which also warms the endpoint's first request); CUDA work is synchronized."""
     with torch.inference_mode(), torch.autocast(batch.device.type, dtype=dtype or torch.float32,
                                                  enabled=dtype is not None):
         module(batch)  # warm-up: oneDNN builds its kernels for this shape and dtype on the first call
@@ -104,6 +106,6 @@ def pick_serving_autocast(module: torch.nn.Module, example: torch.Tensor, repeat
         candidate = torch.bfloat16
     else:
         return None
-    fp32 = _forward_seconds(module, example, None, repeats)
-    reduced = _forward_seconds(module, example, candidate, repeats)
+    fp32 = forward_seconds(module, example, None, repeats)
+    reduced = forward_seconds(module, example, candidate, repeats)
     return candidate if reduced * SERVING_MIN_SPEEDUP <= fp32 else None

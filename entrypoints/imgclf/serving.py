@@ -21,7 +21,6 @@ import binascii
 import io
 import json
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ import torch
 from PIL import Image
 
 from imgclf.data import MAX_IMAGE_PIXELS, ImageError, decode_image, to_rgb
+from imgclf.precision import forward_seconds
 
 try:  # inside the AWS PyTorch inference container: its toolkit maps these errors to their status code
     from sagemaker_inference.errors import BaseInferenceToolkitError as _ErrorBase
@@ -403,17 +403,8 @@ def pick_memory_format(module: torch.nn.Module, example: torch.Tensor, repeats: 
     timings = {}
     for memory_format in (torch.contiguous_format, torch.channels_last):
         module.to(memory_format=memory_format)
-        batch = example.contiguous(memory_format=memory_format)
-        with torch.inference_mode():
-            module(batch)
-            if batch.is_cuda:
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            for _ in range(repeats):
-                module(batch)
-            if batch.is_cuda:
-                torch.cuda.synchronize()
-        timings[memory_format] = time.perf_counter() - started
+        timings[memory_format] = forward_seconds(module, example.contiguous(memory_format=memory_format), None,
+                                                 repeats)
     chosen = min(timings, key=timings.get)
     module.to(memory_format=chosen)
     return chosen

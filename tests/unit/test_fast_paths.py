@@ -56,7 +56,7 @@ def test_serving_auto_takes_bf16_only_when_measured_faster(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     module, example = torch.nn.Linear(4, 2).eval(), torch.zeros(2, 4)
     timings = {None: 1.0, torch.bfloat16: 0.5}
-    monkeypatch.setattr(precision, "_forward_seconds", lambda m, x, dtype, repeats: timings[dtype])
+    monkeypatch.setattr(precision, "forward_seconds", lambda m, x, dtype, repeats: timings[dtype])
     assert precision.pick_serving_autocast(module, example) == torch.bfloat16
     timings[torch.bfloat16] = 0.95  # faster, but within the noise margin SERVING_MIN_SPEEDUP
     assert precision.pick_serving_autocast(module, example) is None
