@@ -85,6 +85,7 @@ class MedianStoppingPruner(optuna.pruners.BasePruner):
         median = statistics.median(averages)
         return value < median if study.direction == optuna.study.StudyDirection.MAXIMIZE else value > median
 
+
 TrialCallback = Callable[[str, str, dict], None]
 
 
