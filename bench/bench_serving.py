@@ -285,8 +285,7 @@ def row_endpoint(threads: int, sizes: ServeSizes, bf16: bool, memory: dict) -> l
             chosen = measured["autocast"]
             if autocast == "auto":
                 label = f"endpoint (as shipped: autocast {chosen})"
-            bare = by_name.get("bf16 autocast channels_last") if chosen == "bfloat16" else best_fp32
-            bare = bare or best_fp32
+            bare = by_name.get("bf16 autocast channels_last", best_fp32) if chosen == "bfloat16" else best_fp32
             for name, peak in measured["peak_rss_mib"].items():
                 memory[f"serving_autocast_{autocast}_{name}_peak_rss_mib"] = peak
             p50, p99 = percentile(measured["latency_ms"], 50), percentile(measured["latency_ms"], 99)

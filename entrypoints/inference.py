@@ -71,7 +71,7 @@ def model_fn(model_dir, context=None) -> serving.ServedModel:
     autocast_dtype = precision.pick_serving_autocast(module, example.contiguous(memory_format=memory_format))
     logger.info("loaded %s (%d classes, %dpx) on %s, memory format %s, autocast %s", config["model"],
                 len(classes), crop, device, "channels_last" if memory_format == torch.channels_last else "contiguous",
-                str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "off (fp32)")
+                precision.autocast_name(autocast_dtype))
     _PRESET = preset
     return serving.ServedModel(module=module, classes=classes, config=config, preset=preset, device=device,
                                memory_format=memory_format, model_version=serving.model_version_from_env(),

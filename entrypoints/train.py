@@ -222,7 +222,7 @@ class Training:
         autocast_dtype = precision.training_autocast(args.amp, env.device, args.image_size)
         self.amp = autocast_dtype is not None
         self.amp_dtype = autocast_dtype or torch.bfloat16
-        self.amp_name = str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "off"
+        self.amp_name = precision.autocast_name(autocast_dtype)
         self.scaler = torch.amp.GradScaler(env.device.type,
                                            enabled=self.amp and self.amp_dtype == torch.float16)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)

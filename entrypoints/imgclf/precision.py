@@ -37,6 +37,11 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def autocast_name(dtype: torch.dtype | None) -> str:
+    """How logs name an autocast choice: ``bfloat16``, ``float16``, or ``off`` for fp32 (None)."""
+    return str(dtype).removeprefix("torch.") if dtype is not None else "off"
+
+
 def cuda_autocast_dtype() -> torch.dtype:
     """bf16 on GPUs that support it (no loss scaling), else fp16 (needs a GradScaler when training)."""
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

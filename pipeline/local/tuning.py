@@ -77,8 +77,7 @@ class MedianStoppingPruner(optuna.pruners.BasePruner):
         averages = []
         for earlier in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             upto = [v for s, v in earlier.intermediate_values.items() if s <= step and not math.isnan(v)]
-            if earlier.number != trial.number and earlier.last_step is not None and earlier.last_step >= step \
-                    and upto:
+            if upto and earlier.last_step is not None and earlier.last_step >= step:  # it reached epoch n
                 averages.append(sum(upto) / len(upto))
         if len(averages) < self.min_earlier_trials:
             return False
