@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from sagemaker import image_uris
 from sagemaker.network import NetworkConfig
+from sagemaker.workflow.execution_variables import ExecutionVariables
+from sagemaker.workflow.functions import Join
 from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
 from sagemaker.workflow.steps import CacheConfig
 
@@ -18,7 +20,8 @@ from pipeline.package import SourceBundle
 from pipeline.session import OfflinePipelineSession
 
 #: How long a finished step stays reusable by step caching (ISO 8601 duration). Caching keys on a step's
-#: arguments, not on the bytes behind an S3 URI: put new data under a new InputDataUri to force a re-run.
+#: arguments (AWS "Default cache key attributes by pipeline step type"), not on the bytes behind an S3 URI: put
+#: new data under a new InputDataUri to make split, and through its new outputs every later step, run again.
 CACHE_EXPIRE_AFTER = "P30D"
 
 
@@ -81,8 +84,23 @@ class StepContext:
         return f"{self.config.base_job_prefix}-{step}"
 
     def s3_uri(self, *parts: str) -> str:
-        """Deterministic S3 location under the pipeline's prefix (no execution id: keeps step caching)."""
+        """Fixed S3 location under the pipeline's prefix, the same in every execution.
+
+        Only for what is part of a step's cache key and must not change per execution (the code bundle, the
+        training checkpoint and Debugger locations); never for a job's outputs (see :meth:`execution_uri`).
+        """
         return self.config.s3_uri(*parts)
+
+    def execution_uri(self, *parts: str) -> Join:
+        """``s3://<bucket>/<prefix>/<pipeline>/<execution id>/<parts...>``: where one execution's outputs go.
+
+        As the SDK's own default for a ProcessingOutput without destination (``ExecutionVariables.
+        PIPELINE_EXECUTION_ID`` in the ``Join``, sagemaker/processing.py ``_normalize_outputs``): S3 keeps every
+        object of earlier executions under a fixed prefix, so a fixed prefix would mix their datasets. Output
+        locations are not part of SageMaker's cache key, so this does not defeat step caching; a cache hit hands
+        on the earlier execution's output URIs through the step's properties.
+        """
+        return Join(on="/", values=[self.config.s3_uri(), ExecutionVariables.PIPELINE_EXECUTION_ID, *parts])
 
     def image_uri(self, scope: str, instance_type: str) -> str:
         """AWS PyTorch container for ``scope`` (``training`` or ``inference``) on ``instance_type`` (CPU/GPU)."""

@@ -2,8 +2,9 @@
 
 Input ``/opt/ml/processing/training-output`` <- the train job's ``output.tar.gz`` (smdebug tensors, profiler
 samples, history), located as ``Std:Join`` of ``OutputDataConfig.S3OutputPath``, ``TrainingJobName`` and
-``output/output.tar.gz``. Output ``/opt/ml/processing/debug`` -> ``debug.json``, declared as the PropertyFile
-``DebugReport`` that the quality gate reads (``summary.blocking_issues_found``).
+``output/output.tar.gz``. Output ``/opt/ml/processing/debug`` -> ``debug.json`` (under the execution's own
+prefix), declared as the PropertyFile ``DebugReport`` that the quality gate reads
+(``summary.blocking_issues_found``).
 
 Arguments: ``--blocking-rules`` (``debugger.blocking_rules``) and one ``--<rule>-<parameter> <value>`` per
 configured rule parameter, both names in kebab case (``--vanishing-gradient-threshold 1e-07``,
@@ -66,7 +67,9 @@ def build(ctx: StepContext, train: TrainingStep) -> tuple[ProcessingStep, Proper
         source_dir=ctx.code.s3_uri,
         inputs=[ProcessingInput(input_name="training-output", source=training_output, destination=TRAINING_OUTPUT_DIR)],
         outputs=[
-            ProcessingOutput(output_name=OUTPUT_NAME, source=REPORT_DIR, destination=ctx.s3_uri(STEP_NAME, OUTPUT_NAME))
+            ProcessingOutput(
+                output_name=OUTPUT_NAME, source=REPORT_DIR, destination=ctx.execution_uri(STEP_NAME, OUTPUT_NAME)
+            )
         ],
         arguments=["--training-output", TRAINING_OUTPUT_DIR, "--output-dir", REPORT_DIR, *rule_arguments(ctx)],
         kms_key=ctx.config.security.kms_key_id,

@@ -2,7 +2,9 @@
 
 Inputs: ``/opt/ml/processing/model`` <- ``train.properties.ModelArtifacts.S3ModelArtifacts`` (``model.tar.gz``),
 ``/opt/ml/processing/test`` <- the split step's ``test`` output. Output ``/opt/ml/processing/evaluation`` ->
-``evaluation.json`` (Model Registry metrics shape), declared as the PropertyFile ``EvaluationReport``.
+``evaluation.json`` (Model Registry metrics shape) under ``<pipeline>/<execution id>/evaluate/evaluation``, declared
+as the PropertyFile ``EvaluationReport``: each execution's report has its own URI, which the registered package's
+ModelMetrics keep.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def build(ctx: StepContext, split: ProcessingStep, train: TrainingStep) -> tuple
             ProcessingInput(input_name="test", source=test_uri, destination=TEST_DIR),
         ],
         outputs=[
-            ProcessingOutput(output_name=OUTPUT_NAME, source=REPORT_DIR, destination=ctx.s3_uri(STEP_NAME, OUTPUT_NAME))
+            ProcessingOutput(
+                output_name=OUTPUT_NAME, source=REPORT_DIR, destination=ctx.execution_uri(STEP_NAME, OUTPUT_NAME)
+            )
         ],
         arguments=[
             "--model-dir", MODEL_DIR,

@@ -2,7 +2,7 @@
 
 Input ``/opt/ml/processing/input/data`` <- the ``InputDataUri`` parameter (an ImageFolder tree).
 Outputs (docs/contracts.md): ``train``, ``validation``, ``test`` (ImageFolder trees) and ``manifest``
-(``manifest.json``, ``rejected.json``), each to ``s3://<bucket>/<prefix>/<pipeline>/split/<output>``.
+(``manifest.json``, ``rejected.json``), each to ``s3://<bucket>/<prefix>/<pipeline>/<execution id>/split/<output>``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def build(ctx: StepContext) -> ProcessingStep:
             ProcessingOutput(
                 output_name=name,
                 source=f"{PROCESSING_ROOT}/{name}",
-                destination=ctx.s3_uri(STEP_NAME, name),
+                destination=ctx.execution_uri(STEP_NAME, name),
             )
             for name in OUTPUTS
         ],

@@ -2,8 +2,12 @@
 
 Channels ``train`` and ``validation`` <- the split step's outputs. Hyperparameters: each tuned key from
 ``tune.properties.BestTrainingJob.TunedHyperParameters[<key>]``, the rest from the config. Model artifacts to
-``s3://<bucket>/<prefix>/<pipeline>/train/<job name>/output/model.tar.gz``; ``output.tar.gz`` (history, tensors,
-profiler samples) beside it. Checkpoints at ``.../train/checkpoints``; spot training (``training.spot``) with
+``s3://<bucket>/<prefix>/<pipeline>/<execution id>/train/<job name>/output/model.tar.gz``; ``output.tar.gz``
+(history, tensors, profiler samples) beside it. Checkpoint S3 URI ``.../<pipeline>/train/checkpoints``, the same
+in every execution because ``CheckpointConfig`` is part of the training step's cache key (AWS "Default cache key
+attributes by pipeline step type"); SageMaker restores everything under it into ``/opt/ml/checkpoints`` for each
+new job, and ``train.py`` keeps its own checkpoints in the ``TRAINING_JOB_NAME`` subfolder, so a new execution
+never resumes an earlier one while a spot restart (same job name) does. Spot training (``training.spot``) with
 ``max_wait``. Several instances (``TrainingInstanceCount``) run torch distributed (torchrun) when the config's
 count is above 1; ``train.py`` reads SageMaker's distribution environment for DDP.
 
@@ -126,6 +130,7 @@ def make_estimator(ctx: StepContext, step: str, instance_count, checkpoints: boo
     if config.training.spot:
         kwargs.update(use_spot_instances=True, max_wait=config.training.max_wait_s)
     if checkpoints and config.training.checkpoints:
+        # Fixed: CheckpointConfig is in the cache key; train.py separates jobs by TRAINING_JOB_NAME below it.
         kwargs["checkpoint_s3_uri"] = ctx.s3_uri(step, "checkpoints")
     if distributed and config.instances.training_count > 1:
         kwargs["distribution"] = {"torch_distributed": {"enabled": True}}
@@ -143,7 +148,7 @@ def make_estimator(ctx: StepContext, step: str, instance_count, checkpoints: boo
         volume_kms_key=config.security.kms_key_id,
         output_kms_key=config.security.kms_key_id,
         max_run=config.instances.max_runtime_s,
-        output_path=ctx.s3_uri(step),
+        output_path=ctx.execution_uri(step),  # OutputDataConfig is not part of the cache key
         code_location=ctx.s3_uri("code"),
         base_job_name=ctx.job_name(step),
         hyperparameters={**static_hyperparameters(ctx), **(extra_hyperparameters or {})},
