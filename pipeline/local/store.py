@@ -8,8 +8,10 @@ Semantics follow S3 where it matters to the pipeline:
 
 - an ``S3Prefix`` input is every object whose key starts with the prefix (``s3://b/models/job`` matches
   ``models/job/output/model.tar.gz``); a URI naming one object gives that object;
-- a processing output replaces what was under its prefix (unlike S3, which would keep stale keys: locally a
-  re-run split must not leave yesterday's images in ``train/``).
+- an upload (a job output, a checkpoint sync) adds or overwrites objects, one ``PutObject`` per file, and never
+  deletes other keys: what an earlier job left under the same prefix stays there and a prefix read sees it, as in
+  S3 (https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObject.html adds one object; nothing in a
+  ProcessingOutput or a checkpoint upload deletes). This is why each execution writes under its own prefix.
 
 Internal bookkeeping lives in folders whose names start with ``_`` or ``.`` at the root (``.cache``,
 ``_registry``): valid bucket names cannot start with either, so they never clash with a bucket.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -181,20 +182,6 @@ class Store:
             shutil.copy2(source, target)
         return len(objects)
 
-    def digest(self, uri: str) -> str:
-        """SHA-256 (hex) over the keys and contents of every object under ``uri``; ``"missing"`` if none."""
-        objects = self.objects(uri)
-        if not objects:
-            return "missing"
-        total = hashlib.sha256()
-        for key, path in objects:
-            total.update(key.encode() + b"\0")
-            with open(path, "rb") as handle:
-                for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                    total.update(block)
-            total.update(b"\0")
-        return total.hexdigest()
-
     # -- writing -------------------------------------------------------------------------------------------
     def put_bytes(self, uri: str, data: bytes) -> Path:
         """Write one object atomically; returns its local path."""
@@ -214,32 +201,16 @@ class Store:
         atomic_copy(source, path)
         return path
 
-    def replace_prefix(self, source_dir: str | Path, uri: str) -> int:
-        """Make the prefix ``uri`` hold exactly the files of ``source_dir`` (an upload of a job output).
+    def upload_folder(self, source_dir: str | Path, uri: str) -> int:
+        """Upload every file of ``source_dir`` under the prefix ``uri`` (keys relative to the folder), as S3 does.
 
-        The files are copied into a hidden sibling folder first and swapped in with two renames, so a
-        reader sees the old tree or the new one, never a mix. Returns the number of files.
+        Each file becomes one object, written atomically; existing objects with the same key are overwritten and
+        every other object under ``uri`` is kept. Returns the number of files.
         """
-        target = self.path(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         count = 0
         for path in _walk_files(Path(source_dir)):
-            destination = staging / path.relative_to(source_dir)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, destination)
+            atomic_copy(path, self.path(f"{uri.rstrip('/')}/{path.relative_to(source_dir).as_posix()}"))
             count += 1
-        staging.mkdir(parents=True, exist_ok=True)
-        old = None
-        if target.is_symlink() or target.exists():
-            old = target.parent / f".{target.name}.{uuid.uuid4().hex}.old.tmp"
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
         return count
 
     def link(self, local_dir: str | Path, uri: str) -> Path:

@@ -48,26 +48,20 @@ def test_download_copies_every_object_and_refuses_missing(tmp_path):
         store.download("s3://b/missing", tmp_path / "in2")
 
 
-def test_replace_prefix_drops_stale_objects_and_leaves_no_temp_files(tmp_path):
+def test_upload_adds_and_overwrites_but_never_deletes_other_keys(tmp_path):
+    """S3 semantics: a second upload under the same prefix leaves the first one's other objects in place."""
     store = Store(tmp_path / "store")
-    store.put_bytes("s3://b/split/train/old.png", b"old")
+    store.put_bytes("s3://b/split/train/cls/old.png", b"old")
+    store.put_bytes("s3://b/split/train/cls/same.png", b"v1")
     source = tmp_path / "out"
     (source / "cls").mkdir(parents=True)
     (source / "cls" / "new.png").write_bytes(b"new")
-    assert store.replace_prefix(source, "s3://b/split/train") == 1
-    assert [k for k, _ in store.objects("s3://b/split/train")] == ["cls/new.png"]
+    (source / "cls" / "same.png").write_bytes(b"v2")
+    assert store.upload_folder(source, "s3://b/split/train") == 2
+    assert [k for k, _ in store.objects("s3://b/split/train")] == ["cls/new.png", "cls/old.png", "cls/same.png"]
+    assert store.read_bytes("s3://b/split/train/cls/same.png") == b"v2"
     leftovers = [p.name for p in (tmp_path / "store").rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
-
-
-def test_digest_changes_with_content_and_key(tmp_path):
-    store = Store(tmp_path)
-    store.put_bytes("s3://b/d/a.txt", b"1")
-    first = store.digest("s3://b/d")
-    store.put_bytes("s3://b/d/a.txt", b"2")
-    second = store.digest("s3://b/d")
-    assert first != second
-    assert store.digest("s3://b/none") == "missing"
 
 
 def test_link_places_a_local_folder_without_copying(tmp_path):
