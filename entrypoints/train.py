@@ -5,7 +5,8 @@ SageMaker training container contract (every path overridable by argument, for l
     SM_CHANNEL_WEIGHTS (optional)             a .pth state_dict to start from (``--weights`` file name in it)
     SM_MODEL_DIR        -> model.tar.gz: model.pth, classes.json, model_config.json, code/ (serves itself)
     SM_OUTPUT_DATA_DIR  -> output.tar.gz: history.json, tensors/ (smdebug), profiler/ (utilization samples)
-    SM_CHECKPOINT_DIR or --checkpoint-dir (default /opt/ml/checkpoints): checkpoint.pth, resumed when present
+    SM_CHECKPOINT_DIR or --checkpoint-dir (default /opt/ml/checkpoints): <TRAINING_JOB_NAME>/checkpoint.pth
+                        (checkpoint.pth directly without TRAINING_JOB_NAME), resumed when present
     SM_NUM_GPUS, SM_HOSTS, SM_CURRENT_HOST; WORLD_SIZE/RANK/LOCAL_RANK set by torchrun under SageMaker's
     ``torch_distributed`` distribution -> DistributedDataParallel.
 
@@ -85,6 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr must be a positive number, got {args.lr}")
+    # SageMaker restores everything under the checkpoint S3 URI (earlier jobs' too) into this folder; a job keeps its
+    # own under its name (TRAINING_JOB_NAME: sagemaker-training-toolkit params.py), which a spot restart keeps.
+    if os.environ.get("TRAINING_JOB_NAME"):
+        args.checkpoint_dir = os.path.join(args.checkpoint_dir, os.environ["TRAINING_JOB_NAME"])
     return args
 
 

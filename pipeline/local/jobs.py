@@ -20,10 +20,12 @@ decoded hyperparameters as ``--key value`` (``sagemaker_*`` keys skipped). On su
 ``<S3OutputPath>/<TrainingJobName>/output/model.tar.gz`` and ``SM_OUTPUT_DATA_DIR`` to ``.../output/output.tar.gz``.
 Metrics are parsed from the log with the job's own ``MetricDefinitions`` regexes, as SageMaker does.
 
-Checkpoints (a local choice, documented in docs/local-mode.md): the job's checkpoint folder *is* the store folder
-``<CheckpointConfig.S3Uri>/<TrainingJobName>`` (a symbolic link from ``/opt/ml/checkpoints``), so every checkpoint
-the script writes is kept at once, survives a kill, and is found again by ``--resume`` (same job name), while a new
-execution or another tuning trial never resumes from someone else's checkpoint.
+Checkpoints, as SageMaker does (https://docs.aws.amazon.com/sagemaker/latest/dg/model-checkpoints.html): every
+object under ``CheckpointConfig.S3Uri`` is restored into ``CheckpointConfig.LocalPath`` (default
+``/opt/ml/checkpoints``) before the script starts, whichever job wrote it, and what the script writes there is
+uploaded back to the same keys under ``S3Uri`` (after each metric line, which ``train.py`` prints once the epoch's
+checkpoint is on disk, and when the job ends). Nothing keeps one job's checkpoints from the next job's: a script
+that must not resume another job's run keeps its own in a subfolder (``train.py``: ``TRAINING_JOB_NAME``).
 """
 
 from __future__ import annotations
@@ -399,7 +401,7 @@ def run_processing_job(
         status, reason = "Failed", _failure_reason(Path(command[1]).name, returncode, tail)
     else:
         for item in outputs:
-            context.store.replace_prefix(
+            context.store.upload_folder(
                 container_path(item["S3Output"]["LocalPath"], root), item["S3Output"]["S3Uri"]
             )
     end = _now()
@@ -419,6 +421,47 @@ def run_processing_job(
 
 
 # -- training ----------------------------------------------------------------------------------------------------
+class CheckpointSync:
+    """A training job's checkpoint folder kept in step with ``CheckpointConfig.S3Uri`` (see the module docstring).
+
+    :meth:`restore` copies every object under ``uri`` into ``folder``; :meth:`upload` puts each file of
+    ``folder`` that is new or changed since (size, mtime) under the same key below ``uri``. Files still being
+    written atomically (``*.tmp``) are skipped.
+    """
+
+    def __init__(self, store: Store, uri: str, folder: Path):
+        self.store, self.uri, self.folder = store, uri.rstrip("/"), folder
+        self._seen: dict[Path, tuple[int, int]] = {}
+
+    def _stamp(self, path: Path) -> tuple[int, int]:
+        stat = path.stat()
+        return stat.st_size, stat.st_mtime_ns
+
+    def restore(self) -> int:
+        """Copy every object under the checkpoint URI into the folder; returns how many (0 when there are none)."""
+        objects = self.store.objects(self.uri + "/")
+        for key, source in objects:
+            target = self.folder / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            self._seen[target] = self._stamp(target)
+        return len(objects)
+
+    def upload(self) -> int:
+        """Upload the files that are new or changed since the last restore or upload; returns how many."""
+        count = 0
+        for path in sorted(self.folder.rglob("*")):
+            if not path.is_file() or path.name.endswith(".tmp"):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # replaced between the listing and the copy
+                stamp = self._stamp(path)
+                if self._seen.get(path) != stamp:
+                    self.store.put_file(path, f"{self.uri}/{path.relative_to(self.folder).as_posix()}")
+                    self._seen[path] = stamp
+                    count += 1
+        return count
+
+
 def run_training_job(
     arguments: dict,
     job_name: str,
@@ -492,14 +535,13 @@ def run_training_job(
             "RecordWrapperType": "None",
         }
 
-    checkpoint_uri = (arguments.get("CheckpointConfig") or {}).get("S3Uri")
-    checkpoint_dir = opt_ml / "checkpoints"
-    if checkpoint_uri:
-        stored = context.store.path(f"{checkpoint_uri.rstrip('/')}/{job_name}")
-        stored.mkdir(parents=True, exist_ok=True)
-        checkpoint_dir.symlink_to(stored, target_is_directory=True)
-    else:
-        checkpoint_dir.mkdir()
+    checkpoint_config = arguments.get("CheckpointConfig") or {}
+    checkpoint_dir = container_path(checkpoint_config.get("LocalPath") or "/opt/ml/checkpoints", root)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = CheckpointSync(context.store, checkpoint_config["S3Uri"], checkpoint_dir) \
+        if checkpoint_config.get("S3Uri") else None
+    if checkpoints is not None:
+        checkpoints.restore()
 
     atomic_write_json(config_dir / "hyperparameters.json", raw_hyperparameters)
     atomic_write_json(config_dir / "inputdataconfig.json", input_config)
@@ -549,6 +591,8 @@ def run_training_job(
         values = parse_metrics(line, compiled)
         if not values:
             return None
+        if checkpoints is not None:
+            checkpoints.upload()
         for name, value in values.items():
             metrics[name].append(value)
             metric_times[name] = _now()
@@ -564,6 +608,8 @@ def run_training_job(
         on_line=context.line_handler(job_name, on_line),
         stop_event=stop_event,
     )
+    if checkpoints is not None:
+        checkpoints.upload()
     status, reason = "Completed", None
     if stopped:
         status, reason = (
@@ -581,7 +627,7 @@ def run_training_job(
         pack_folder(output_data_dir, context.store, f"{output_path}/{job_name}/output/output.tar.gz")
     if debug_hook and debug_hook.get("S3OutputPath") and any(tensors_dir.rglob("*")):
         target = f"{debug_hook['S3OutputPath'].rstrip('/')}/{job_name}/debug-output"
-        context.store.replace_prefix(tensors_dir, target)
+        context.store.upload_folder(tensors_dir, target)
     end = _now()
     properties = {
         **arguments,

@@ -35,12 +35,15 @@ FIT = textwrap.dedent('''
     env = {k: v for k, v in os.environ.items() if k.startswith("SM_")}
     channel = pathlib.Path(os.environ["SM_CHANNEL_TRAIN"])
     config_dir = os.environ["SM_INPUT_CONFIG_DIR"]
+    checkpoints = pathlib.Path(os.environ["SM_CHECKPOINT_DIR"])
+    restored = {p.relative_to(checkpoints).as_posix(): p.read_text() for p in checkpoints.rglob("*") if p.is_file()}
     report = {"argv": sys.argv[1:], "env": env, "train_files": sorted(p.name for p in channel.iterdir()),
+              "restored_checkpoints": restored,
               "config": sorted(os.listdir(config_dir)),
               "hyperparameters": json.load(open(os.path.join(config_dir, "hyperparameters.json")))}
     pathlib.Path(os.environ["SM_MODEL_DIR"], "report.json").write_text(json.dumps(report))
     pathlib.Path(os.environ["SM_OUTPUT_DATA_DIR"], "history.json").write_text("[]")
-    pathlib.Path(os.environ["SM_CHECKPOINT_DIR"], "checkpoint.txt").write_text("epoch 2")
+    (checkpoints / "checkpoint.txt").write_text("epoch 2 of " + os.environ["TRAINING_JOB_NAME"])
     for epoch in (1, 2):
         print(f"epoch={epoch} validation_accuracy={0.5 + epoch / 10:.2f} train_loss=1e-3", flush=True)
 ''')
@@ -137,8 +140,9 @@ def test_training_job_gets_the_container_contract_and_packs_its_model(context):
     assert report["train_files"] == ["a.png", "b.png"]
     assert report["config"] == ["hyperparameters.json", "inputdataconfig.json", "resourceconfig.json"]
     assert report["hyperparameters"]["batch-size"] == '"64"'  # the file keeps SageMaker's JSON-encoded strings
-    # checkpoints land in the store at once, under the job's own name
-    assert context.store.read_bytes("s3://b/checkpoints/train-job-1/checkpoint.txt") == b"epoch 2"
+    # nothing to restore for a first job; what it wrote is uploaded under the same key below the checkpoint URI
+    assert report["restored_checkpoints"] == {}
+    assert context.store.read_bytes("s3://b/checkpoints/checkpoint.txt") == b"epoch 2 of train-job-1"
     # metrics come from the job's own MetricDefinitions
     assert result.metrics == {"validation:accuracy": [0.6, 0.7], "train:loss": [0.001, 0.001]}
     final = {m["MetricName"]: m["Value"] for m in result.properties["FinalMetricDataList"]}
@@ -146,6 +150,19 @@ def test_training_job_gets_the_container_contract_and_packs_its_model(context):
     log = (context.jobs_dir / "train-job-1.log").read_text()
     assert "epoch=2 validation_accuracy=0.70" in log
     assert not (context.jobs_dir / "train-job-1").exists()  # completed job folders are removed
+
+
+def test_a_new_job_with_the_same_checkpoint_uri_gets_every_earlier_checkpoint_restored(context):
+    """SageMaker restores all of CheckpointConfig.S3Uri into /opt/ml/checkpoints for each new job, whoever wrote it."""
+    context.store.put_bytes("s3://b/checkpoints/other-job/checkpoint.pth", b"other")
+    first = run_training_job(_training_arguments(), "train-job-1", context)
+    second = run_training_job(_training_arguments(), "train-job-2", context)
+    assert first.status == second.status == "Completed"
+    with tarfile.open(context.store.path("s3://b/models/train-job-2/output/model.tar.gz")) as tar:
+        restored = json.load(tar.extractfile("report.json"))["restored_checkpoints"]
+    assert restored == {"checkpoint.txt": "epoch 2 of train-job-1", "other-job/checkpoint.pth": "other"}
+    assert context.store.read_bytes("s3://b/checkpoints/checkpoint.txt") == b"epoch 2 of train-job-2"
+    assert context.store.read_bytes("s3://b/checkpoints/other-job/checkpoint.pth") == b"other"  # never deleted
 
 
 def test_failed_training_job_reports_the_last_line(context):
