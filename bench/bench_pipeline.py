@@ -75,7 +75,7 @@ def row_local_pipeline(quick: bool, timeout_s: float) -> list[Result]:
         seconds = step.get("DurationSeconds")
         if seconds is None:
             continue
-        cached = " (cache hit)" if step.get("CacheHit") else ""
+        cached = " (cache hit)" if step.get("CacheHitResult") else ""
         results.append(Result(4, f"local pipeline: step {step['StepName']} ({step.get('StepType')}) / total",
                               seconds / wall, None, f"{seconds:.1f} s, {step.get('StepStatus')}{cached}",
                               {"seconds": seconds, "status": step.get("StepStatus")}))

@@ -11,9 +11,14 @@ parallel up to the CPU count, and records everything in ``<runs>/<execution id>/
 
 Step types: Processing, Training, Tuning (:mod:`pipeline.local.jobs`, :mod:`pipeline.local.tuning`), Condition,
 Fail, RegisterModel (:mod:`pipeline.local.registry`), Model (recorded) and Lambda (the ``deploy`` function, run
-locally by :mod:`pipeline.local.deploy`). Step caching follows each step's ``CacheConfig``: a step whose type,
-resolved arguments and input contents (SHA-256 of what is behind each input URI) match an earlier successful
-execution within ``ExpireAfter`` is not run again; its properties are reused (``CacheHit`` in execution.json).
+locally by :mod:`pipeline.local.deploy`).
+
+Step caching is SageMaker's: a Processing, Training or Tuning step with ``CacheConfig.Enabled`` whose cache key
+attributes (:data:`CACHE_KEY_ATTRIBUTES`, resolved) equal those of a successful run of the same step of the same
+pipeline within ``ExpireAfter`` is not run again; it gets that run's properties and names it in
+``CacheHitResult.SourcePipelineExecutionArn``. As in AWS, the key holds URIs, never the bytes behind them (new
+objects under the same input URI are a cache hit), output locations are not part of it, and a hit does not check
+that the earlier outputs still exist. Condition, Fail, RegisterModel, Model and Lambda steps are never cached.
 
 Statuses are SageMaker's (``Executing``, ``Succeeded``, ``Failed``, ``Stopped``) plus two local ones for steps that
 did not run: ``Skipped`` (a ConditionStep branch not taken, or a deploy with no local server) and ``NotStarted``
@@ -54,6 +59,30 @@ SUCCEEDED, FAILED, EXECUTING, STOPPED, SKIPPED, NOT_STARTED = (
 )
 DONE = (SUCCEEDED, FAILED, STOPPED, SKIPPED, NOT_STARTED)
 CACHE_FOLDER = ".cache"
+#: What SageMaker compares to decide a cache hit, per step type: "Default cache key attributes by pipeline step
+#: type" (https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-default-keys.html). Nothing else of the request
+#: counts: not the output locations, instance types, job names, stopping conditions or property files.
+CACHE_KEY_ATTRIBUTES = {
+    "Processing": ("AppSpecification", "Environment", "ProcessingInputs"),
+    "Training": (
+        "AlgorithmSpecification",
+        "CheckpointConfig",
+        "DebugHookConfig",
+        "DebugRuleConfigurations",
+        "Environment",
+        "HyperParameters",
+        "InputDataConfig",
+    ),
+    "Tuning": ("HyperParameterTuningJobConfig", "TrainingJobDefinition", "TrainingJobDefinitions"),
+}
+#: The children of a tuning step's ``TrainingJobDefinition`` that are part of its key (same page).
+TUNING_DEFINITION_KEY_ATTRIBUTES = (
+    "AlgorithmSpecification",
+    "HyperParameterRanges",
+    "InputDataConfig",
+    "StaticHyperParameters",
+    "TuningObjective",
+)
 SUPPORTED_TYPES = ("Processing", "Training", "Tuning", "Condition", "Fail", "RegisterModel", "Model", "Lambda")
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 
@@ -124,6 +153,19 @@ def resolve_parameters(declared: list[dict], overrides: dict[str, str]) -> dict[
         except ValueError:
             raise ExecutionError(f"--param {name}={text}: not a valid {kind}") from None
     return values
+
+
+def cache_key_attributes(kind: str, arguments: dict) -> dict:
+    """The part of a step's resolved request that SageMaker compares for a cache hit (:data:`CACHE_KEY_ATTRIBUTES`).
+
+    ``kind``: the step type (``Processing``, ``Training``, ``Tuning``); other types have no key (``{}``).
+    """
+    names = CACHE_KEY_ATTRIBUTES.get(kind, ())
+    key = {name: arguments[name] for name in names if name in arguments}
+    if kind == "Tuning" and isinstance(key.get("TrainingJobDefinition"), dict):
+        definition = key["TrainingJobDefinition"]
+        key["TrainingJobDefinition"] = {k: definition[k] for k in TUNING_DEFINITION_KEY_ATTRIBUTES if k in definition}
+    return key
 
 
 @dataclass
@@ -282,7 +324,7 @@ class LocalExecution:
             "DurationSeconds": None,
             "FailureReason": None,
             "Properties": {},
-            "CacheHit": None,
+            "CacheHitResult": None,
             "Jobs": [],
             "Detail": "",
         }
@@ -368,23 +410,10 @@ class LocalExecution:
         return f"{base[: limit - len(self.id) - 1]}-{self.id}"
 
     # -- caching ------------------------------------------------------------------------------------------------
-    def _input_uris(self, node: StepNode, arguments: dict) -> list[str]:
-        uris = []
-        if node.type == "Processing":
-            uris += [i["S3Input"]["S3Uri"] for i in arguments.get("ProcessingInputs", []) if "S3Input" in i]
-        definition = arguments.get("TrainingJobDefinition", arguments) if node.type in ("Training", "Tuning") else {}
-        for channel in definition.get("InputDataConfig", []):
-            uris.append(channel.get("DataSource", {}).get("S3DataSource", {}).get("S3Uri"))
-        hyperparameters = definition.get("HyperParameters") or definition.get("StaticHyperParameters") or {}
-        if "sagemaker_submit_directory" in hyperparameters:
-            uris.append(json.loads(hyperparameters["sagemaker_submit_directory"]))
-        return [u for u in uris if isinstance(u, str) and u.startswith("s3://")]
-
     def cache_key(self, node: StepNode, arguments: dict) -> str:
-        """SHA-256 over the pipeline and step name, step type, resolved arguments and input contents."""
-        inputs = {uri: self.store.digest(uri) for uri in self._input_uris(node, arguments)}
+        """SHA-256 over the pipeline name, step name and type and the step's :func:`cache_key_attributes`."""
         blob = json.dumps(
-            [self.pipeline_name, node.name, node.type, arguments, node.spec.get("PropertyFiles"), inputs],
+            [self.pipeline_name, node.name, node.type, cache_key_attributes(node.type, arguments)],
             sort_keys=True,
             default=str,
         )
@@ -397,10 +426,14 @@ class LocalExecution:
         )
 
     def cache_lookup(self, node: StepNode, key: str) -> dict | None:
-        """The cached record for ``key`` if it has not expired and its outputs are still in the store."""
+        """The latest successful run of this step with ``key``, unless caching is off or it is past ExpireAfter.
+
+        Like SageMaker, nothing checks that the earlier run's outputs are still there: a step that reads one that
+        was deleted fails.
+        """
         config = node.spec.get("CacheConfig") or {}
         path = self._cache_path(node, key)
-        if not config.get("Enabled") or not path.is_file():
+        if node.type not in CACHE_KEY_ATTRIBUTES or not config.get("Enabled") or not path.is_file():
             return None
         try:
             cached = json.loads(path.read_text())
@@ -408,24 +441,10 @@ class LocalExecution:
             return None
         if config.get("ExpireAfter") and time.time() - cached["Time"] > iso_duration_seconds(config["ExpireAfter"]):
             return None
-        if not all(self.store.exists(uri) for uri in self._output_uris(node.type, cached["Properties"])):
-            return None
         return cached
 
-    @staticmethod
-    def _output_uris(kind: str, properties: dict) -> list[str]:
-        if kind == "Processing":
-            return [o["S3Output"]["S3Uri"] for o in properties.get("ProcessingOutputConfig", {}).get("Outputs", [])]
-        if kind == "Training":
-            return [properties.get("ModelArtifacts", {}).get("S3ModelArtifacts", "s3://missing/")]
-        if kind == "Tuning":
-            best = properties.get("BestTrainingJob", {}).get("TrainingJobName", "")
-            path = properties.get("TrainingJobDefinition", {}).get("OutputDataConfig", {}).get("S3OutputPath", "")
-            return [f"{path.rstrip('/')}/{best}/output/model.tar.gz"]
-        return []
-
     def cache_save(self, node: StepNode, key: str, properties: dict) -> None:
-        if (node.spec.get("CacheConfig") or {}).get("Enabled"):
+        if node.type in CACHE_KEY_ATTRIBUTES and (node.spec.get("CacheConfig") or {}).get("Enabled"):
             atomic_write_json(
                 self._cache_path(node, key),
                 {
@@ -544,7 +563,8 @@ class LocalExecution:
             lines.append(f"  reason: {self.record['FailureReason']}")
         for step in self.record["Steps"]:
             duration = f"{step['DurationSeconds']:.1f}s" if step.get("DurationSeconds") is not None else "-"
-            cache = " (cache hit)" if step.get("CacheHit") else ""
+            source = (step.get("CacheHitResult") or {}).get("SourcePipelineExecutionArn")
+            cache = f" (cache hit: {source.rsplit('/', 1)[-1]})" if source else ""
             lines.append(
                 f"  {step['StepName']:<24} {step['StepType']:<13} {step['StepStatus']:<10} {duration:>8}{cache}"
                 + (f"  {step['FailureReason']}" if step.get("FailureReason") else "")
@@ -634,8 +654,8 @@ class LocalExecution:
             return {
                 "StepStatus": SUCCEEDED,
                 "Properties": cached["Properties"],
-                "CacheHit": {"SourcePipelineExecutionArn": cached["PipelineExecutionArn"]},
-                "Detail": "cache hit",
+                "CacheHitResult": {"SourcePipelineExecutionArn": cached["PipelineExecutionArn"]},
+                "Detail": f"cache hit from execution {cached['PipelineExecutionArn'].rsplit('/', 1)[-1]}",
             }
         job_context = self.job_context(threads)
         if kind == "Processing":

@@ -172,6 +172,12 @@ class RunData:
 
 
 # -- sections ----------------------------------------------------------------------------------------------------
+def _cache_source(step: dict) -> str:
+    """``from <execution id>`` for a cache hit (CacheHitResult.SourcePipelineExecutionArn), else empty."""
+    source = (step.get("CacheHitResult") or {}).get("SourcePipelineExecutionArn") or ""
+    return f"from {source.rsplit('/', 1)[-1]}" if source else ""
+
+
 def _steps_section(data: RunData) -> str:
     steps = data.steps
     if not steps:
@@ -183,7 +189,7 @@ def _steps_section(data: RunData) -> str:
         rows.append([
             html.escape(step["StepName"]), html.escape(step.get("StepType", "")), _badge(step.get("StepStatus", "")),
             f"{duration:.1f} s" if isinstance(duration, (int, float)) else "-",
-            "yes" if step.get("CacheHit") else "", html.escape(str(detail))[:300],
+            html.escape(_cache_source(step)), html.escape(str(detail))[:300],
         ])  # fmt: skip
     table = _table(["step", "type", "status", "duration", "cache hit", "detail"], rows)
     return _img(_plot_step_graph(steps), "step graph") + table

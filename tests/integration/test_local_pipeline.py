@@ -180,7 +180,7 @@ def test_threshold_above_one_takes_the_fail_step_with_the_measured_accuracy(loca
     assert status == 1 and record["PipelineExecutionStatus"] == "Failed"
     steps = _steps(record)
     for name in ("split", "tune", "train", "debug", "evaluate"):
-        assert steps[name]["CacheHit"] is not None, f"{name} was not a cache hit"
+        assert steps[name]["CacheHitResult"] is not None, f"{name} was not a cache hit"
     _, first = local_run["resumed"]
     assert steps["train"]["Properties"] == _steps(first)["train"]["Properties"]
     gate = steps["quality_gate"]

@@ -105,17 +105,83 @@ def test_independent_steps_overlap_and_dependents_wait(options):
     assert saved == json.loads(json.dumps(record, default=str))
 
 
-def test_cache_hits_until_an_input_changes(options):
+def _cache_sources(record: dict) -> dict:
+    """step name -> the execution id its cache hit came from (None: it ran)."""
+    return {
+        name: (step["CacheHitResult"] or {}).get("SourcePipelineExecutionArn", "").rsplit("/", 1)[-1] or None
+        for name, step in _steps(record).items()
+        if step["StepType"] == "Processing"
+    }
+
+
+def test_cache_hits_name_their_source_and_key_on_uris_not_on_the_bytes_behind_them(options):
     first = LocalExecution.start(_definition(), options).run()
     second = LocalExecution.start(_definition(), options).run()
-    steps = _steps(second)
-    assert all(steps[n]["CacheHit"] for n in "abc")
-    assert steps["a"]["CacheHit"]["SourcePipelineExecutionArn"] == first["PipelineExecutionArn"]
-    assert steps["a"]["Properties"]["ProcessingJobName"] == _steps(first)["a"]["Properties"]["ProcessingJobName"]
-    Store(options.store).put_bytes("s3://b/data/3.txt", b"3")  # new input data: a and b run again
-    third = _steps(LocalExecution.start(_definition(), options).run())
-    assert third["a"]["CacheHit"] is None and third["b"]["CacheHit"] is None
-    assert Store(options.store).read_json("s3://b/out/a/report.json")["count"] == 3
+    assert _cache_sources(second) == dict.fromkeys("abc", first["PipelineExecutionId"])
+    assert _steps(second)["a"]["Properties"] == _steps(first)["a"]["Properties"]
+    assert first["PipelineExecutionId"] in (options.runs / second["PipelineExecutionId"] / "summary.txt").read_text()
+    # new objects under the same input URI: SageMaker's key holds the URI, not the data, so still a cache hit
+    Store(options.store).put_bytes("s3://b/data/3.txt", b"3")
+    third = LocalExecution.start(_definition(), options).run()
+    assert _cache_sources(third) == dict.fromkeys("abc", first["PipelineExecutionId"])
+    assert Store(options.store).read_json("s3://b/out/a/report.json")["count"] == 2
+
+
+def test_only_the_documented_attributes_are_in_the_key(options):
+    first = LocalExecution.start(_definition(), options).run()
+    outside = _definition()  # instance type, output location, property files: not cache key attributes
+    a = outside["Steps"][0]
+    a["Arguments"]["ProcessingResources"] = {"ClusterConfig": {"InstanceType": "ml.m5.24xlarge"}}
+    a["Arguments"]["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"] = "s3://b/elsewhere/a"
+    assert _cache_sources(LocalExecution.start(outside, options).run())["a"] == first["PipelineExecutionId"]
+    inside = _definition()  # Environment is one
+    inside["Steps"][0]["Arguments"]["Environment"] = {"MODE": "new"}
+    assert _cache_sources(LocalExecution.start(inside, options).run())["a"] is None
+
+
+def test_a_new_input_uri_reruns_split_but_a_fixed_output_prefix_hands_downstream_a_stale_hit(options):
+    """Defect 1 in miniature: a re-runs on new data, but writes where it wrote before, so c's resolved input URI
+    is unchanged and c is a cache hit on the old data; with a per-execution output prefix c runs again."""
+    def definition(output_uri) -> dict:
+        built = _definition()
+        built["Parameters"].append({"Name": "Input", "Type": "String", "DefaultValue": "s3://b/data"})
+        built["Steps"][0]["Arguments"]["ProcessingInputs"][0]["S3Input"]["S3Uri"] = {"Get": "Parameters.Input"}
+        built["Steps"][0]["Arguments"]["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"] = output_uri
+        return built
+
+    store = Store(options.store)
+    store.put_bytes("s3://b/data2/only.txt", b"x")
+    fixed = definition("s3://b/out/a")
+    first = LocalExecution.start(fixed, options).run()
+    options.parameters = {"Input": "s3://b/data2"}
+    second = LocalExecution.start(fixed, options).run()
+    assert _cache_sources(second) == {"a": None, "b": first["PipelineExecutionId"], "c": first["PipelineExecutionId"]}
+
+    execution_id = {"Get": "Execution.PipelineExecutionId"}
+    per_execution = definition({"Std:Join": {"On": "/", "Values": ["s3://b/out", execution_id, "a"]}})
+    store.put_bytes("s3://b/data3/1.txt", b"1")
+    store.put_bytes("s3://b/data3/2.txt", b"2")
+    store.put_bytes("s3://b/data3/3.txt", b"3")
+    options.parameters = {"Input": "s3://b/data3"}
+    third = LocalExecution.start(per_execution, options).run()
+    assert _cache_sources(third) == {"a": None, "b": first["PipelineExecutionId"], "c": None}
+    assert store.read_json(f"s3://b/out/{third['PipelineExecutionId']}/a/report.json")["count"] == 3
+
+
+def test_expire_after_and_never_cached_step_types(options):
+    definition = _definition()
+    definition["Steps"][3]["CacheConfig"] = {"Enabled": True, "ExpireAfter": "P1D"}  # the ConditionStep
+    first = LocalExecution.start(definition, options).run()
+    for path in (options.store / ".cache").rglob("*.json"):  # every cache entry two days old: expired
+        entry = json.loads(path.read_text())
+        path.write_text(json.dumps({**entry, "Time": entry["Time"] - 2 * 86400}))
+    second = LocalExecution.start(definition, options).run()
+    assert _cache_sources(second) == dict.fromkeys("abc")
+    options.parameters = {"Threshold": "0.9"}  # a Condition step is never cached, whatever its CacheConfig says
+    third = _steps(LocalExecution.start(definition, options).run())
+    assert third["gate"]["Properties"]["Outcome"] == "False" and third["stop"]["StepStatus"] == "Failed"
+    assert third["gate"]["CacheHitResult"] is None and third["a"]["CacheHitResult"] is not None
+    assert first["PipelineExecutionStatus"] == "Succeeded"
 
 
 def test_fail_step_fails_the_execution_with_its_message_and_resume_reruns_only_the_rest(options):
