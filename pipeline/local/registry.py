@@ -7,9 +7,10 @@ Files (JSON, written atomically; versions are numbered under a per-group ``fcntl
 
 A model package holds what ``CreateModelPackage`` (the ``RegisterModel`` step) gives: ``InferenceSpecification``
 (containers with image, environment and ``ModelDataUrl``, content types, instance types), ``ModelApprovalStatus``,
-``ModelMetrics`` (S3 URIs of the reports), plus two local fields: ``ModelDataSha256`` (SHA-256 of each container's
-``model.tar.gz`` at registration, so a server can check that it serves what was registered) and ``Metrics``
-(the model-quality report's contents, e.g. evaluation.json, read at registration).
+``ModelMetrics`` (S3 URIs of the reports), plus one local field: ``ModelDataSha256`` (SHA-256 of each container's
+``model.tar.gz`` at registration, so a server can check that it serves what was registered). As in SageMaker, a
+package keeps only the URIs of its metrics (``MetricsSource.S3Uri``): :meth:`ModelRegistry.model_metrics` reads
+what is there now, so a report overwritten by a later execution shows in every package that points at it.
 
 ``_registry`` cannot clash with a bucket: bucket names start with a letter or digit.
 """
@@ -117,12 +118,6 @@ class ModelRegistry:
             if not path.is_file():
                 raise RegistryError(f"ModelDataUrl {url}: no model archive in the store (expected {path})")
             digests[url] = sha256_of(path)
-        metrics = {}
-        for section in ("ModelQuality", "ModelDataQuality", "Bias", "Explainability"):
-            for kind, source in ((request.get("ModelMetrics") or {}).get(section) or {}).items():
-                if isinstance(source, dict) and source.get("S3Uri"):
-                    with contextlib.suppress(StoreError):
-                        metrics[f"{section}.{kind}"] = self.store.read_json(source["S3Uri"])
         self.create_model_package_group(group)
         with self._locked(group) as folder:
             versions = [int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit()]
@@ -138,10 +133,23 @@ class ModelRegistry:
                 CreationTime=time.time(),
                 LastModifiedTime=time.time(),
                 ModelDataSha256=digests,
-                Metrics=metrics,
             )
             atomic_write_json(folder / f"{version}.json", description)
         return description
+
+    def model_metrics(self, description: dict) -> dict[str, Any]:
+        """``{"<section>.<kind>": parsed JSON}`` of each ``ModelMetrics`` report, read from the store now.
+
+        Sections: ModelQuality, ModelDataQuality, Bias, Explainability (CreateModelPackage's ModelMetrics). A
+        report that is gone or not JSON is left out.
+        """
+        metrics = {}
+        for section in ("ModelQuality", "ModelDataQuality", "Bias", "Explainability"):
+            for kind, source in ((description.get("ModelMetrics") or {}).get(section) or {}).items():
+                if isinstance(source, dict) and source.get("S3Uri"):
+                    with contextlib.suppress(StoreError):
+                        metrics[f"{section}.{kind}"] = self.store.read_json(source["S3Uri"])
+        return metrics
 
     def describe_model_package(self, name: str) -> dict:
         """DescribeModelPackage of an ARN (``...:model-package/<group>/<version>``) or ``<group>/<version>``.

@@ -154,7 +154,7 @@ def test_registry_holds_the_approved_package_and_the_endpoint_answers(local_run)
     container = package["InferenceSpecification"]["Containers"][0]
     assert container["ModelDataUrl"] == steps["train"]["Properties"]["ModelArtifacts"]["S3ModelArtifacts"]
     assert package["ModelApprovalStatus"] == "Approved"
-    evaluation = package["Metrics"]["ModelQuality.Statistics"]
+    evaluation = ModelRegistry(store).model_metrics(package)["ModelQuality.Statistics"]
     assert "accuracy" in evaluation["multiclass_classification_metrics"]
     if not server_available():
         assert steps["deploy"]["StepStatus"] == "Skipped"

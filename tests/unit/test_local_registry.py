@@ -51,15 +51,32 @@ def test_versions_approval_and_latest(store):
     assert (first["ModelPackageVersion"], second["ModelPackageVersion"]) == (1, 2)
     assert first["ModelPackageArn"].endswith(":model-package/digits/1")
     assert second["ModelApprovalStatus"] == "PendingManualApproval"  # SageMaker's default
-    assert (
-        first["Metrics"]["ModelQuality.Statistics"]["multiclass_classification_metrics"]["accuracy"]["value"] == 0.98
-    )
+    metrics = registry.model_metrics(first)["ModelQuality.Statistics"]
+    assert metrics["multiclass_classification_metrics"]["accuracy"]["value"] == 0.98
     assert registry.latest("digits")["ModelPackageVersion"] == 1  # newest Approved
     registry.update_model_package(second["ModelPackageArn"], "Approved")
     assert registry.latest()["ModelPackageVersion"] == 2
     assert registry.describe_model_package("digits/2")["ModelApprovalStatus"] == "Approved"
     assert [p["ModelPackageVersion"] for p in registry.list_model_packages("digits", "Approved")] == [1, 2]
     assert registry.list_model_package_groups() == ["digits"]
+
+
+def test_metrics_are_read_through_the_registered_uri_as_in_sagemaker(store):
+    """A package keeps the URI of its report, not a copy: a report overwritten later shows in the old package."""
+    registry = ModelRegistry(store)
+    shared = registry.create_model_package(_request("s3://b/models/a/output/model.tar.gz"))
+    own_request = _request("s3://b/models/b/output/model.tar.gz")
+    own_request["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"] = "s3://b/run-2/evaluation.json"
+    store.put_json("s3://b/run-2/evaluation.json", {"multiclass_classification_metrics": {"accuracy": {"value": 0.5}}})
+    own = registry.create_model_package(own_request)
+    store.put_json("s3://b/eval/evaluation.json", {"multiclass_classification_metrics": {"accuracy": {"value": 0.1}}})
+
+    def accuracy(package):
+        return registry.model_metrics(package)["ModelQuality.Statistics"]["multiclass_classification_metrics"][
+            "accuracy"]["value"]
+
+    assert accuracy(registry.describe_model_package(shared["ModelPackageArn"])) == 0.1  # not 0.98 any more
+    assert accuracy(registry.describe_model_package(own["ModelPackageArn"])) == 0.5
 
 
 def test_resolve_checks_the_archive_sha256(store):
