@@ -7,28 +7,43 @@ waits for ``GET /ping`` to answer 200, sends nothing else and stops it: the step
 ``run-local --demo`` starts it again afterwards and keeps it up while it sends test images.
 
 Outputs (the LambdaStep's ``OutputParameters``, as the real handler returns them): ``endpoint_name``,
-``status`` (``InService`` locally once /ping answered, ``Skipped`` for a package that is not Approved),
-``endpoint_url`` and ``model_package_arn``. Without the ``serve`` command in this checkout the step is
-``Skipped`` with that reason.
+``status`` (``InService`` locally once /ping answered, ``Unchanged`` when the endpoint already serves the same
+model artifacts, ``Skipped`` for a package that is not Approved), ``endpoint_url`` and ``model_package_arn``.
+
+What each local endpoint serves is recorded in ``<store>/_endpoints/<endpoint name>.json`` (``ModelDataUrl``, its
+SHA-256, the package ARN). A package whose ``ModelDataUrl`` and archive SHA-256 equal the recorded ones (a
+scheduled run with no new data: the training step was a cache hit, RegisterModel made a new version of the same
+artifacts) leaves the endpoint untouched: no restart, status ``Unchanged``. Without the ``serve`` command in this
+checkout the step is ``Skipped`` with that reason.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING
 
 from pipeline.local.endpoint import EndpointError, LocalEndpoint, server_available
 from pipeline.local.registry import resolve_model_package
+from pipeline.local.store import atomic_write_json
 
 if TYPE_CHECKING:
     from pipeline.local.executor import LocalExecution, StepNode
 
 _PACKAGE_ARN = re.compile(r":model-package/[^/]+/\d+$")
+ENDPOINTS_FOLDER = "_endpoints"
 
 
 def _outputs(node: StepNode, values: dict) -> dict:
     declared = [o.get("OutputName") for o in node.spec.get("OutputParameters") or []]
     return {name: str(values.get(name, "")) for name in declared} | {k: str(v) for k, v in values.items()}
+
+
+def _read_json(path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def run_deploy(execution: LocalExecution, node: StepNode, arguments: dict) -> dict:
@@ -72,6 +87,17 @@ def run_deploy(execution: LocalExecution, node: StepNode, arguments: dict) -> di
                 "Reason": reason,
             },
         }
+    record_path = execution.store.root / ENDPOINTS_FOLDER / f"{re.sub(r'[^a-zA-Z0-9-]', '-', endpoint_name)}.json"
+    model_data_url = description["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+    serving = _read_json(record_path)
+    if serving.get("ModelDataUrl") == model_data_url and serving.get("ModelDataSha256") == package["sha256"]:
+        values["status"] = "Unchanged"
+        reason = f"{endpoint_name} already serves {model_data_url} (from {serving.get('ModelPackageArn')})"
+        return {
+            "StepStatus": "Succeeded",
+            "Detail": reason,
+            "Properties": {**base, "OutputParameters": _outputs(node, values), "Reason": reason},
+        }
     endpoint = LocalEndpoint(
         package["model_path"],
         execution.jobs_dir / f"{endpoint_name}-endpoint.log",
@@ -84,6 +110,8 @@ def run_deploy(execution: LocalExecution, node: StepNode, arguments: dict) -> di
             values.update(status="InService", endpoint_url=endpoint.url)
     except EndpointError as error:
         return {"StepStatus": "Failed", "FailureReason": f"endpoint {endpoint_name}: {error}"}
+    atomic_write_json(record_path, {"EndpointName": endpoint_name, "ModelPackageArn": arn,
+                                    "ModelDataUrl": model_data_url, "ModelDataSha256": package["sha256"]})  # fmt: skip
     serve = f"python -m pipeline serve --model {arn} --store {execution.store.root}"
     return {
         "StepStatus": "Succeeded",
