@@ -6,6 +6,7 @@ Builds run with networking made impossible (a socket guard) and no AWS credentia
 from __future__ import annotations
 
 import json
+import re
 import socket
 import tarfile
 from io import BytesIO
@@ -17,6 +18,7 @@ from pipeline import build as build_module
 from pipeline import package
 from pipeline.build import build, definition_json
 from pipeline.config import load_config
+from pipeline.local.executor import cache_key_attributes
 
 EXPECTED_STEPS = [
     ("split", "Processing"),
@@ -90,7 +92,8 @@ def test_build_is_offline_and_byte_identical(no_network):
     second = definition_json(load_config())
     assert first == second
     assert no_network == []
-    assert "Execution." not in first  # no ExecutionVariables (execution id, start time) anywhere
+    # the execution id is the only execution variable (in output locations; never the start time)
+    assert set(re.findall(r'"Execution\.\w+"', first)) == {'"Execution.PipelineExecutionId"'}
 
 
 def test_steps_names_types_and_branches(definition):
@@ -121,6 +124,45 @@ def test_caching_on_cacheable_steps(definition):
     for name in ("split", "tune", "train", "debug", "evaluate"):
         assert steps[name]["CacheConfig"]["Enabled"] is True, name
     assert "CacheConfig" not in steps["quality_gate"]
+
+
+EXECUTION_ID = {"Get": "Execution.PipelineExecutionId"}
+
+
+def test_outputs_go_under_the_execution_id_and_no_cache_key_holds_it(definition):
+    """Each execution writes under its own prefix (S3 keeps earlier objects), while SageMaker's cache key
+    attributes (output locations are not among them) stay free of the execution id, so caching still works."""
+    steps = steps_by_name(definition)
+    locations = {
+        name: [o["S3Output"]["S3Uri"] for o in steps[name]["Arguments"]["ProcessingOutputConfig"]["Outputs"]]
+        for name in ("split", "debug", "evaluate")
+    }
+    locations["train"] = [steps["train"]["Arguments"]["OutputDataConfig"]["S3OutputPath"]]
+    locations["tune"] = [steps["tune"]["Arguments"]["TrainingJobDefinition"]["OutputDataConfig"]["S3OutputPath"]]
+    for name, uris in locations.items():
+        for uri in uris:
+            values = uri["Std:Join"]["Values"]
+            assert values[1] == EXECUTION_ID and values[2] == name, (name, uri)
+    for name in ("split", "tune", "train", "debug", "evaluate"):
+        key = cache_key_attributes(steps[name]["Type"], steps[name]["Arguments"])
+        assert key and "Execution." not in json.dumps(key), name
+    # the checkpoint URI is in the training key: fixed, train.py separates jobs below it by TRAINING_JOB_NAME
+    assert steps["train"]["Arguments"]["CheckpointConfig"]["S3Uri"].endswith("/image-classification/train/checkpoints")
+
+
+def test_downstream_inputs_come_from_upstream_properties(definition):
+    """Never a rebuilt URI: a cache hit hands on the source execution's locations, so later steps hit too."""
+    steps = steps_by_name(definition)
+    evaluate = {i["InputName"]: gets(i) for i in steps["evaluate"]["Arguments"]["ProcessingInputs"]}
+    assert evaluate["model"] == ["Steps.train.ModelArtifacts.S3ModelArtifacts"]
+    assert evaluate["test"] == ["Steps.split.ProcessingOutputConfig.Outputs['test'].S3Output.S3Uri"]
+    debug = {i["InputName"]: gets(i) for i in steps["debug"]["Arguments"]["ProcessingInputs"]}
+    assert debug["training-output"] == ["Steps.train.OutputDataConfig.S3OutputPath", "Steps.train.TrainingJobName"]
+    tune_channels = [gets(c) for c in steps["tune"]["Arguments"]["TrainingJobDefinition"]["InputDataConfig"]]
+    assert tune_channels == [[f"Steps.split.ProcessingOutputConfig.Outputs['{n}'].S3Output.S3Uri"]
+                             for n in ("train", "validation")]
+    metrics = steps["register-RegisterModel"]["Arguments"]["ModelMetrics"]["ModelQuality"]["Statistics"]
+    assert gets(metrics) == ["Steps.evaluate.ProcessingOutputConfig.Outputs['evaluation'].S3Output.S3Uri"]
 
 
 def test_train_reads_tuned_hyperparameters_and_split_channels(definition):
