@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import io
 import json
 import re
@@ -146,9 +147,65 @@ def _missing_pipeline(config: Config) -> UserError:
     )
 
 
+#: EventBridge Scheduler CreateSchedule ``Name``: 1-64 characters of ``[0-9a-zA-Z-_.]`` (Scheduler API reference;
+#: botocore's scheduler model). A pipeline name may have 256.
+SCHEDULE_NAME_MAX = 64
+
+
 def schedule_name(config: Config) -> str:
-    """The EventBridge Scheduler schedule of this pipeline: ``<pipeline_name>-schedule``."""
-    return f"{config.pipeline_name}-schedule"
+    """The EventBridge Scheduler schedule of this pipeline: ``<pipeline_name>-schedule``, at most
+    :data:`SCHEDULE_NAME_MAX` characters: a longer pipeline name is cut and an 8-digit hash of the whole name keeps
+    two long names that share a beginning apart (``<start of name>-<sha256[:8]>-schedule``)."""
+    name = f"{config.pipeline_name}-schedule"
+    if len(name) <= SCHEDULE_NAME_MAX:
+        return name
+    digest = hashlib.sha256(config.pipeline_name.encode()).hexdigest()[:8]
+    keep = SCHEDULE_NAME_MAX - len(f"-{digest}-schedule")
+    return f"{config.pipeline_name[:keep].rstrip('-')}-{digest}-schedule"
+
+
+# ---------------------------------------------------------------------------------------------------- IAM
+
+IAM_DIR = Path(__file__).resolve().parent.parent / "docs" / "iam"
+
+
+def dlc_registry_account(config: Config) -> str:
+    """The AWS account whose ECR registry serves the PyTorch training and inference images in the config's region.
+
+    Read from the SageMaker SDK's image URI config (``image_uris.retrieve``), the same source the definition's
+    images come from: it is 763104351884 in most regions and another account in others (ap-east-1, me-south-1,
+    the China and GovCloud regions...). Raises UserError when the two scopes disagree (one placeholder cannot
+    hold both).
+    """
+    from sagemaker import image_uris
+
+    from pipeline.session import quiet_sdk
+
+    fw = config.framework
+    with quiet_sdk():
+        accounts = {
+            image_uris.retrieve("pytorch", region=config.region, version=fw.version, py_version=fw.py_version,
+                                instance_type=config.instances.training_type, image_scope=scope).split(".", 1)[0]
+            for scope in ("training", "inference")
+        }  # fmt: skip
+    if len(accounts) != 1:
+        raise UserError(f"the PyTorch images of {config.region} come from several accounts ({', '.join(accounts)}); "
+                        "grant ecr:BatchGetImage on each registry by hand")
+    return accounts.pop()
+
+
+def iam_documents(config: Config) -> dict[str, str]:
+    """``docs/iam/*.json`` with ``DLC_ACCOUNT_ID`` (:func:`dlc_registry_account`), ``ACCOUNT_ID`` (the account of
+    ``role_arn``) and ``REGION`` filled in for ``config``: file name -> JSON text."""
+    values = {"DLC_ACCOUNT_ID": dlc_registry_account(config), "ACCOUNT_ID": config.role_arn.split(":")[4],
+              "REGION": config.region}  # fmt: skip
+    documents = {}
+    for path in sorted(IAM_DIR.glob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        for placeholder, value in values.items():  # DLC_ACCOUNT_ID before the ACCOUNT_ID it contains
+            text = text.replace(placeholder, value)
+        documents[path.name] = text
+    return documents
 
 
 # ---------------------------------------------------------------------------------------------------- upsert
@@ -182,7 +239,12 @@ def _upload(s3, uploads: dict[str, bytes], kms_key: str | None) -> tuple[list[st
             present.append(uri)  # content-hashed key: same key, same bytes
             continue
         except ClientError as error:
-            if _error_code(error) not in ("404", "NoSuchKey", "NotFound"):
+            # HeadObject of a missing key answers 404 to a caller with s3:ListBucket on the bucket and 403 to one
+            # without (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html, "Permissions").
+            # docs/iam/operator-policy.json grants ListBucket on the pipeline's prefix; should a 403 come anyway,
+            # it says only "cannot tell": upload, since the key is content-hashed (writing it again writes the same
+            # bytes) and a PutObject that is denied too fails with its own AccessDenied.
+            if _error_code(error) not in ("404", "NoSuchKey", "NotFound", "403", "Forbidden", "AccessDenied"):
                 raise
         extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key} if kms_key else {}
         s3.put_object(Bucket=bucket, Key=key, Body=data, **extra)
@@ -292,8 +354,14 @@ def start(config: Config, params: dict[str, str], display_name: str | None = Non
     """Start an execution of the upserted pipeline with parameter overrides; return the execution ARN.
 
     Parameter names are checked against the pipeline's definition in AWS (an unknown name is a UserError naming
-    the closest one); omitted ones take their defaults.
+    the closest one); omitted ones take their defaults. Instance-type and count overrides are checked first,
+    offline (:func:`pipeline.check.parameter_findings`: valid types, the volume-KMS rule).
     """
+    from pipeline.check import parameter_findings
+
+    findings = parameter_findings(config, params)
+    if findings:
+        raise UserError("\n".join(str(f) for f in findings))
     sm = client(clients(config), "sagemaker")
     with aws_errors(f"reading pipeline {config.pipeline_name}"):
         try:

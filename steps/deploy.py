@@ -3,7 +3,8 @@
 The function (``deploy.lambda_function_name``) runs ``entrypoints/deploy_endpoint.py``'s ``handler``; ``upsert``
 creates or updates it. Inputs (the handler's event): ``model_package_arn`` (the register step's
 ``ModelPackageArn``), ``endpoint_name``, ``instance_type``, ``initial_instance_count`` and ``role_arn`` (the role
-the endpoint's model runs as: the pipeline role), ``network_isolation`` and, when configured, ``kms_key_id``,
+the endpoint's model runs as: the pipeline role), ``network_isolation`` and, when configured, ``kms_key_id`` (not
+for instance types with instance store, whose local disks the hardware encrypts: :mod:`pipeline.instances`),
 ``subnets`` and ``security_group_ids`` (comma-separated). Outputs: ``endpoint_name`` and ``status`` (``Creating``,
 ``Updating`` or ``Skipped`` when the package is not Approved).
 """
@@ -14,6 +15,7 @@ from sagemaker.lambda_helper import Lambda
 from sagemaker.workflow.lambda_step import LambdaOutput, LambdaOutputTypeEnum, LambdaStep
 from sagemaker.workflow.model_step import ModelStep
 
+from pipeline.instances import volume_kms_key
 from steps.context import StepContext
 
 STEP_NAME = "deploy"
@@ -32,7 +34,8 @@ def build(ctx: StepContext, register: ModelStep) -> LambdaStep:
     security = ctx.config.security
     # The endpoint gets the same protections as the jobs: its volume key, VPC and network isolation.
     protections = {"network_isolation": "true" if security.enable_network_isolation else "false"}
-    if security.kms_key_id:
+    # CreateEndpointConfig takes no KmsKeyId for instance types with local storage (pipeline.instances)
+    if volume_kms_key(deploy.instance_type, security.kms_key_id):
         protections["kms_key_id"] = security.kms_key_id
     if security.subnets:
         protections["subnets"] = ",".join(security.subnets)

@@ -5,6 +5,13 @@ A plain ``sagemaker.model.Model`` on the AWS PyTorch inference image with ``SAGE
 (docs/contracts.md), so the SDK adds no repack step. ModelMetrics: ``evaluation.json`` as model statistics.
 Approval status: the ``ModelApprovalStatus`` parameter. The SDK names the definition's step
 ``register-RegisterModel`` (a ModelStep appends the request type to its name).
+
+Images: a model package's ``InferenceSpecification`` has one image, and the AWS PyTorch inference images are
+built per processor (``-cpu-``/``-gpu-`` tags). The primary specification carries the image for
+``deploy.instance_type`` (what the deploy Lambda's CreateModel from the package uses) and the registry's instance
+types of the same processor; the types of the other processor (e.g. ``ml.g4dn.xlarge`` beside ``ml.m5.large``) go
+to one ``AdditionalInferenceSpecifications`` entry with that processor's image (CreateModelPackage API), so an
+endpoint on a GPU type gets the GPU image.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.schemas import EVALUATION_FILE
+from pipeline.instances import is_gpu
 from steps.context import StepContext
 from steps.evaluate import OUTPUT_NAME as EVALUATION_OUTPUT
 
@@ -25,9 +33,33 @@ STEP_NAME = "register"
 INFERENCE_ENV = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"}
 
 
-def inference_image(ctx: StepContext) -> str:
-    """The PyTorch inference image for the endpoint's instance type (``deploy.instance_type``: CPU or GPU)."""
-    return ctx.image_uri("inference", ctx.config.deploy.instance_type)
+def inference_image(ctx: StepContext, instance_type: str | None = None) -> str:
+    """The PyTorch inference image for ``instance_type`` (default: the endpoint's ``deploy.instance_type``)."""
+    return ctx.image_uri("inference", instance_type or ctx.config.deploy.instance_type)
+
+
+def split_by_processor(ctx: StepContext, types: list[str]) -> tuple[list[str], list[str]]:
+    """``types`` split into those of ``deploy.instance_type``'s processor (GPU or CPU) and the others."""
+    gpu = is_gpu(ctx.config.deploy.instance_type)
+    return [t for t in types if is_gpu(t) == gpu], [t for t in types if is_gpu(t) != gpu]
+
+
+def _additional_specification(ctx: StepContext, container: dict, realtime: list[str], transform: list[str]) -> dict:
+    """One AdditionalInferenceSpecificationDefinition: ``container`` on the other processor's image."""
+    other = (realtime or transform)[0]
+    name = "gpu" if is_gpu(other) else "cpu"
+    spec = {
+        "Name": name,
+        "Description": f"the model on the {name.upper()} inference image, for {', '.join(realtime + transform)}",
+        "Containers": [dict(container, Image=inference_image(ctx, other))],
+        "SupportedContentTypes": list(ctx.config.registry.content_types),
+        "SupportedResponseMIMETypes": list(ctx.config.registry.response_types),
+    }
+    if realtime:
+        spec["SupportedRealtimeInferenceInstanceTypes"] = realtime
+    if transform:
+        spec["SupportedTransformInstanceTypes"] = transform
+    return spec
 
 
 def build(ctx: StepContext, train: TrainingStep, evaluate: ProcessingStep) -> ModelStep:
@@ -44,11 +76,14 @@ def build(ctx: StepContext, train: TrainingStep, evaluate: ProcessingStep) -> Mo
         on="/",
         values=[evaluate.properties.ProcessingOutputConfig.Outputs[EVALUATION_OUTPUT].S3Output.S3Uri, EVALUATION_FILE],
     )
+    realtime, other_realtime = split_by_processor(ctx, config.registry.inference_instance_types)
+    transform, other_transform = split_by_processor(ctx, config.registry.transform_instance_types)
     step_args = model.register(
         content_types=config.registry.content_types,
         response_types=config.registry.response_types,
-        inference_instances=config.registry.inference_instance_types,
-        transform_instances=config.registry.transform_instance_types,
+        # `pipeline check` reports a deploy.instance_type missing from inference_instance_types
+        inference_instances=realtime or config.registry.inference_instance_types,
+        transform_instances=transform or None,
         model_package_group_name=config.model_package_group,
         approval_status=ctx.parameters.model_approval_status,
         model_metrics=ModelMetrics(
@@ -60,4 +95,10 @@ def build(ctx: StepContext, train: TrainingStep, evaluate: ProcessingStep) -> Mo
         framework="PYTORCH",
         framework_version=config.framework.version,
     )
+    if other_realtime or other_transform:
+        request = step_args.create_model_package_request
+        container = request["InferenceSpecification"]["Containers"][0]
+        request["AdditionalInferenceSpecifications"] = [
+            _additional_specification(ctx, container, other_realtime, other_transform)
+        ]
     return ModelStep(name=STEP_NAME, step_args=step_args)

@@ -11,6 +11,7 @@ from sagemaker.processing import FrameworkProcessor, ProcessingInput, Processing
 from sagemaker.pytorch import PyTorch
 from sagemaker.workflow.steps import ProcessingStep
 
+from pipeline.instances import volume_kms_key
 from steps.context import StepContext
 
 STEP_NAME = "split"
@@ -32,7 +33,8 @@ def make_processor(ctx: StepContext, step: str) -> FrameworkProcessor:
         instance_count=config.instances.processing_count,
         command=["python3"],
         volume_size_in_gb=config.instances.volume_size_gb,
-        volume_kms_key=config.security.kms_key_id,
+        # no volume key for instance types with instance store: CreateProcessingJob refuses it (pipeline.instances)
+        volume_kms_key=volume_kms_key(config.instances.processing_type, config.security.kms_key_id),
         output_kms_key=config.security.kms_key_id,
         max_runtime_in_seconds=config.instances.max_runtime_s,
         base_job_name=ctx.job_name(step),

@@ -8,8 +8,16 @@ in every execution because ``CheckpointConfig`` is part of the training step's c
 attributes by pipeline step type"); SageMaker restores everything under it into ``/opt/ml/checkpoints`` for each
 new job, and ``train.py`` keeps its own checkpoints in the ``TRAINING_JOB_NAME`` subfolder, so a new execution
 never resumes an earlier one while a spot restart (same job name) does. Spot training (``training.spot``) with
-``max_wait``. Several instances (``TrainingInstanceCount``) run torch distributed (torchrun) when the config's
-count is above 1; ``train.py`` reads SageMaker's distribution environment for DDP.
+``max_wait``. The job always runs under SageMaker's ``torch_distributed`` distribution (torchrun), because its
+instance count is the ``TrainingInstanceCount`` parameter, known only at start time: torchrun on one node with
+one process is a plain run (``WORLD_SIZE=1``), N instances or a multi-GPU instance are one DDP training
+(``train.py`` reads torchrun's ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``). The SageMaker training toolkit starts
+``torchrun --nnodes <hosts> --nproc_per_node <GPUs, or 1 on CPU>`` (sagemaker-training-toolkit,
+``runner._get_by_runner_type`` and ``torch_distributed.TorchDistributedRunner``).
+
+Volume encryption: ``security.kms_key_id`` goes to ``ResourceConfig.VolumeKmsKeyId`` only when the
+``TrainingInstanceType`` parameter's default has no instance store (:mod:`pipeline.instances`); ``start`` refuses
+an override of that parameter that crosses between the two kinds (:func:`pipeline.aws.check_parameter_overrides`).
 
 Debugger: unmanaged by default (``train.py`` saves its tensors and utilization samples under
 ``SM_OUTPUT_DATA_DIR``; the SDK adds no hook, rules or profiler). With ``debugger.managed: true`` the job also
@@ -33,6 +41,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep, TuningStep
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.metrics import METRIC_DEFINITIONS
+from pipeline.instances import volume_kms_key
 from steps.context import StepContext
 
 STEP_NAME = "train"
@@ -118,7 +127,9 @@ def make_estimator(ctx: StepContext, step: str, instance_count, checkpoints: boo
 
     ``instance_count``: an int or the ``TrainingInstanceCount`` parameter. ``checkpoints``: give the job a
     checkpoint S3 URI (not for tuning jobs: parallel trials must not share a checkpoint folder).
-    ``distributed``: torch distributed (torchrun) when the config's ``instances.training_count`` is above 1.
+    ``distributed``: run under SageMaker's ``torch_distributed`` (torchrun), whatever the count.
+    The volume KMS key is left out for instance types with instance store (:func:`pipeline.instances.volume_kms_key`
+    of the config's ``instances.training_type``, the parameter's default).
     ``extra_hyperparameters``: fixed ``train.py`` arguments of this step only (string values).
     """
     config = ctx.config
@@ -132,7 +143,7 @@ def make_estimator(ctx: StepContext, step: str, instance_count, checkpoints: boo
     if checkpoints and config.training.checkpoints:
         # Fixed: CheckpointConfig is in the cache key; train.py separates jobs by TRAINING_JOB_NAME below it.
         kwargs["checkpoint_s3_uri"] = ctx.s3_uri(step, "checkpoints")
-    if distributed and config.instances.training_count > 1:
+    if distributed:
         kwargs["distribution"] = {"torch_distributed": {"enabled": True}}
     network = ctx.network_config
     return PyTorch(
@@ -145,7 +156,7 @@ def make_estimator(ctx: StepContext, step: str, instance_count, checkpoints: boo
         instance_type=ctx.parameters.training_instance_type,
         instance_count=instance_count,
         volume_size=config.instances.volume_size_gb,
-        volume_kms_key=config.security.kms_key_id,
+        volume_kms_key=volume_kms_key(config.instances.training_type, config.security.kms_key_id),
         output_kms_key=config.security.kms_key_id,
         max_run=config.instances.max_runtime_s,
         output_path=ctx.execution_uri(step),  # OutputDataConfig is not part of the cache key

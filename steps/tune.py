@@ -5,16 +5,28 @@ MetricDefinitions. Ranges from ``tuning.ranges`` (lr log-scaled continuous, batc
 integer, momentum, weight-decay); strategy Bayesian by default; early stopping ``Auto``. The job limits are
 static (``tuning.max_jobs``, ``tuning.max_parallel_jobs``): SageMaker takes no pipeline parameters there.
 Tuning jobs run on one ``TrainingInstanceType`` instance each, without checkpoints (trials run in parallel).
+
+Hyperband allocates epochs itself, so the tuning job says how many: ``StrategyConfig.HyperbandStrategyConfig``
+gets MinResource/MaxResource from the ``epochs`` range (or 1 and a fixed ``training.hyperparameters.epochs``).
+SageMaker infers MaxResource only from a *static* ``epochs`` hyperparameter and rejects the job when it cannot
+(HyperbandStrategyConfig.MaxResource, SageMaker API reference), which a tuned ``epochs`` never is.
 """
 
 from __future__ import annotations
 
-from sagemaker.tuner import CategoricalParameter, ContinuousParameter, HyperparameterTuner, IntegerParameter
+from sagemaker.tuner import (
+    CategoricalParameter,
+    ContinuousParameter,
+    HyperbandStrategyConfig,
+    HyperparameterTuner,
+    IntegerParameter,
+    StrategyConfig,
+)
 from sagemaker.workflow.steps import ProcessingStep, TuningStep
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
-from pipeline.config import CategoricalRange, ContinuousRange, IntegerRange
+from pipeline.config import CategoricalRange, Config, ContinuousRange, IntegerRange
 from steps import train
 from steps.context import StepContext
 
@@ -47,6 +59,24 @@ def parameter_range(spec: ContinuousRange | IntegerRange | CategoricalRange):
     return CategoricalParameter([str(value) for value in spec.values])
 
 
+def hyperband_resources(config: Config) -> tuple[int, int] | None:
+    """``(MinResource, MaxResource)`` in epochs for Hyperband: the ``epochs`` range's bounds (integer range, or the
+    smallest and largest categorical value), or ``(1, epochs)`` for a fixed ``training.hyperparameters.epochs``.
+    None when ``epochs`` is neither tuned nor fixed, or not a whole number (``pipeline check`` reports both)."""
+    spec = config.tuning.ranges.get("epochs")
+    try:
+        if isinstance(spec, IntegerRange):
+            return spec.min, spec.max
+        if isinstance(spec, CategoricalRange):
+            values = [int(str(value)) for value in spec.values]
+            return min(values), max(values)
+        if spec is None and "epochs" in config.training.hyperparameters:
+            return 1, int(str(config.training.hyperparameters["epochs"]))
+    except ValueError:
+        return None
+    return None
+
+
 def build(ctx: StepContext, split: ProcessingStep) -> TuningStep:
     """Return the ``tune`` step over the split step's ``train`` and ``validation`` outputs."""
     tuning = ctx.config.tuning
@@ -54,6 +84,10 @@ def build(ctx: StepContext, split: ProcessingStep) -> TuningStep:
     # about a third of each step's time on small models.
     estimator = train.make_estimator(ctx, STEP_NAME, instance_count=1, checkpoints=False, distributed=False,
                                      extra_hyperparameters={"debugger": "false"})
+    strategy_config = None
+    resources = hyperband_resources(ctx.config) if tuning.strategy == "Hyperband" else None
+    if resources:
+        strategy_config = StrategyConfig(HyperbandStrategyConfig(min_resource=resources[0], max_resource=resources[1]))
     tuner = HyperparameterTuner(
         estimator=estimator,
         objective_metric_name=OBJECTIVE_METRIC,
@@ -61,6 +95,7 @@ def build(ctx: StepContext, split: ProcessingStep) -> TuningStep:
         hyperparameter_ranges={key: parameter_range(spec) for key, spec in sorted(tuning.ranges.items())},
         metric_definitions=list(METRIC_DEFINITIONS),
         strategy=tuning.strategy,
+        strategy_config=strategy_config,
         max_jobs=tuning.max_jobs,
         max_parallel_jobs=tuning.max_parallel_jobs,
         # Hyperband does its own early stopping; SageMaker rejects TrainingJobEarlyStoppingType with it.

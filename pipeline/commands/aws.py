@@ -1,8 +1,8 @@
-"""AWS commands: definition, upsert, start, status, schedule, unschedule, estimate, teardown.
+"""AWS commands: definition, check, iam-policies, upsert, start, status, schedule, unschedule, estimate, teardown.
 
-Every command takes ``--config pipeline.yaml`` and repeated ``--set section.key=value``. ``definition`` and
-``estimate`` are offline; the others call AWS with the default credential chain (``AWS_PROFILE``...) in the
-config's region (``AWS_ENDPOINT_URL`` redirects them, e.g. to moto).
+Every command takes ``--config pipeline.yaml`` and repeated ``--set section.key=value``. ``definition``,
+``check``, ``iam-policies`` and ``estimate`` are offline; the others call AWS with the default credential chain
+(``AWS_PROFILE``...) in the config's region (``AWS_ENDPOINT_URL`` redirects them, e.g. to moto).
 """
 
 from __future__ import annotations
@@ -54,6 +54,26 @@ def register(subparsers) -> None:
     p.add_argument("--local", action="store_true", help="merge the config's local: block (what run-local runs)")
     p.add_argument("--out", type=Path, help="write to this file instead of stdout")
     p.set_defaults(func=cmd_definition)
+
+    p = subparsers.add_parser(
+        "check", help="check the config and its definition against AWS's documented constraints (offline)",
+        description="Build the definition offline and check it and the config against the SageMaker API's "
+        "constraints (request shapes from botocore's service model, instance types per job kind, Hyperband, "
+        "range scaling, KMS on instance-store types, ...). One finding per line with its fix; exit 1 on any. "
+        "`upsert` runs the same check first.",
+    )  # fmt: skip
+    _common(p)
+    p.set_defaults(func=cmd_check)
+
+    p = subparsers.add_parser(
+        "iam-policies", help="write docs/iam/*.json filled in for this config (account, region, ECR registry)",
+        description="Copy the policy and trust documents of docs/iam/ to --out with REGION, ACCOUNT_ID (from "
+        "role_arn) and DLC_ACCOUNT_ID (the AWS account of the PyTorch containers in the config's region, from the "
+        "SageMaker SDK's image URI config) replaced.",
+    )  # fmt: skip
+    _common(p)
+    p.add_argument("--out", type=Path, required=True, help="folder to write the JSON files to")
+    p.set_defaults(func=cmd_iam_policies)
 
     p = subparsers.add_parser(
         "upsert", help="upload the code, create/update the model package group, deploy Lambda and pipeline",
@@ -117,6 +137,32 @@ def cmd_definition(args) -> int:
         print(f"wrote {args.out} ({len(text)} bytes)", file=sys.stderr)
     else:
         print(text)
+    return 0
+
+
+def cmd_check(args) -> int:
+    """Print each finding of :func:`pipeline.check.check` on its own line; exit 0 when there is none, else 1."""
+    from pipeline.check import check
+
+    config = _config(args)
+    findings = check(config)
+    for finding in findings:
+        print(finding)
+    if findings:
+        print(f"{len(findings)} problem(s): AWS would refuse or misrun this pipeline", file=sys.stderr)
+        return 1
+    print(f"pipeline {config.pipeline_name}: no problem found")
+    return 0
+
+
+def cmd_iam_policies(args) -> int:
+    """Write the filled-in IAM documents (:func:`pipeline.aws.iam_documents`) to ``--out``."""
+    from pipeline import aws
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in aws.iam_documents(_config(args)).items():
+        (args.out / name).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out / name}")
     return 0
 
 

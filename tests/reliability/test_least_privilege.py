@@ -28,6 +28,7 @@ import botocore.session
 import pytest
 from botocore import xform_name
 
+from pipeline.instances import has_instance_store
 from tests.conftest import ROOT
 
 IAM = ROOT / "docs" / "iam"
@@ -39,10 +40,13 @@ EXECUTION_POLICY = "pipeline-execution-role.json"
 SCHEDULER_POLICY = "scheduler-role.json"
 IAM_PREFIX = {"sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker", "s3": "s3", "lambda": "lambda",
               "scheduler": "scheduler", "iam": "iam", "sts": "sts", "logs": "logs"}
-#: S3 operations whose IAM action has another name (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html
-#: "you must have the s3:GetObject permission"; ListObjectsV2 needs s3:ListBucket).
-S3_ACTION = {"HeadObject": "GetObject", "ListObjectsV2": "ListBucket", "ListObjects": "ListBucket",
-             "HeadBucket": "ListBucket"}
+#: S3 operations whose IAM actions have other names. HeadObject: "you must have the s3:GetObject permission", and
+#: "If the object you request doesn't exist ... If you have the s3:ListBucket permission on the bucket, Amazon S3
+#: returns an HTTP status code 404 Not Found error. If you don't have the s3:ListBucket permission, Amazon S3
+#: returns an HTTP status code 403 Forbidden error" (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html):
+#: a HeadObject that tells a missing key apart needs both. ListObjectsV2 needs s3:ListBucket.
+S3_ACTIONS = {"HeadObject": ("GetObject", "ListBucket"), "ListObjectsV2": ("ListBucket",),
+              "ListObjects": ("ListBucket",), "HeadBucket": ("ListBucket",)}
 #: Calls the SageMaker SDK makes on our behalf: ``aws.schedule`` -> ``Pipeline.put_triggers`` describes the
 #: pipeline, then ``EventBridgeSchedulerHelper.upsert_schedule`` updates the schedule or creates it.
 SDK_CALLS = {"pipeline/aws.py": {"sagemaker:DescribePipeline", "scheduler:UpdateSchedule", "scheduler:CreateSchedule"}}
@@ -102,11 +106,11 @@ IAM_NAMES = {"lambda:Invoke": "lambda:InvokeFunction"}
 IAM_ONLY_ACTIONS = {"lambda:InvokeFunction", "sagemaker:InvokeEndpoint"}
 
 
-def iam_action(service: str, operation: str) -> str:
-    if service == "s3":
-        operation = S3_ACTION.get(operation, operation)
-    action = f"{IAM_PREFIX[service]}:{operation}"
-    return IAM_NAMES.get(action, action)
+def iam_actions(service: str, operation: str) -> set[str]:
+    """The IAM actions a call of ``operation`` needs (several for S3's HeadObject: :data:`S3_ACTIONS`)."""
+    names = S3_ACTIONS.get(operation, (operation,)) if service == "s3" else (operation,)
+    actions = {f"{IAM_PREFIX[service]}:{name}" for name in names}
+    return {IAM_NAMES.get(action, action) for action in actions}
 
 
 def _client_service(node: ast.AST) -> str | None:
@@ -156,11 +160,11 @@ def scan_file(path: Path) -> tuple[set[str], list[str]]:
         service = service_of(receiver)
         literal = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else None
         if service and method == "get_paginator":
-            called.add(iam_action(service, operations(service)[literal]))
+            called |= iam_actions(service, operations(service)[literal])
         elif service and method == "get_waiter":
-            called.add(iam_action(service, waiter_operation(service, literal)))
+            called |= iam_actions(service, waiter_operation(service, literal))
         elif service and method in operations(service):
-            called.add(iam_action(service, operations(service)[method]))
+            called |= iam_actions(service, operations(service)[method])
         elif service is None and method in every_operation and method not in ("close",):
             unknown.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node.func)}")
     return called, unknown
@@ -246,9 +250,9 @@ def test_every_aws_call_in_the_code_is_granted_to_its_caller():
     assert not unknown, f"calls whose client the scan cannot tell (bind the client to a name): {unknown}"
     assert not missing, "\n".join(missing)
     # The scan really sees the calls (a broken scanner would find nothing and pass).
-    assert {"sagemaker:CreatePipeline", "s3:PutObject", "lambda:CreateFunction", "scheduler:DeleteSchedule",
-            "sagemaker:ListPipelineExecutionSteps", "lambda:GetFunction", "sagemaker:InvokeEndpoint",
-            "sagemaker:CreateEndpoint"} <= seen
+    assert {"sagemaker:CreatePipeline", "s3:PutObject", "s3:ListBucket", "lambda:CreateFunction",
+            "scheduler:DeleteSchedule", "sagemaker:ListPipelineExecutionSteps", "lambda:GetFunction",
+            "sagemaker:InvokeEndpoint", "sagemaker:CreateEndpoint"} <= seen
 
 
 def test_local_mode_makes_no_aws_call():
@@ -300,7 +304,10 @@ def test_definition_passes_kms_vpc_and_network_isolation_to_every_job(secured_de
             assert network["EnableInterContainerTrafficEncryption"] is True, name
         else:
             resources = job.get("ResourceConfig") or job["HyperParameterTuningResourceConfig"]
-            assert resources["VolumeKmsKeyId"] == key, name
+            # the default training type (ml.g4dn) has instance store: its disks take no KMS key (pipeline.instances)
+            training_type = next(p["DefaultValue"] for p in secured_definition["Parameters"]
+                                 if p["Name"] == "TrainingInstanceType")
+            assert resources.get("VolumeKmsKeyId") == (None if has_instance_store(training_type) else key), name
             assert job["OutputDataConfig"]["KmsKeyId"] == key, name
             assert job["VpcConfig"] == vpc and job["EnableNetworkIsolation"] is True, name
             assert job["EnableInterContainerTrafficEncryption"] is True, name
@@ -316,3 +323,16 @@ def test_deploy_step_carries_the_security_settings_to_the_endpoint(secured_defin
     key = SECURITY[1].split("=", 1)[1]
     assert key in inputs and "subnet-0aaa1111" in inputs and "sg-0ccc3333" in inputs
     assert "network_isolation" in inputs
+
+
+def test_operator_lists_only_the_pipelines_prefix():
+    """``upsert``'s HeadObject needs s3:ListBucket to see a missing key as 404 (S3_ACTIONS): the operator gets it on
+    the bucket, limited by the ``s3:prefix`` condition to the config's prefix (pipeline.yaml ``prefix``)."""
+    from pipeline.config import load_config
+
+    config = load_config()
+    document = json.loads((IAM / OPERATOR_POLICY).read_text(encoding="utf-8"))
+    listing = [s for s in document["Statement"] if "s3:ListBucket" in s["Action"]]
+    assert len(listing) == 1 and listing[0]["Resource"] == f"arn:aws:s3:::{config.bucket}"
+    assert listing[0]["Condition"] == {"StringLike": {"s3:prefix": [f"{config.prefix}/*"]}}
+    assert set(listing[0]["Action"]) == {"s3:ListBucket"}
