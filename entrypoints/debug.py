@@ -2,15 +2,20 @@
 
 Reads ``--training-output`` (default ``/opt/ml/processing/training-output``: the train job's ``output.tar.gz``, a
 folder holding it, or the extracted folder with ``tensors/``, ``profiler/``, ``history.json``) and writes
-``<--output-dir>/debug.json`` (default ``/opt/ml/processing/debug``), one verdict per rule with its evidence:
+``<--output-dir>/debug.json`` (default ``/opt/ml/processing/debug``), one verdict per rule with its evidence.
+``--tensors`` reads the smdebug tensors from another folder: with a managed DebugHookConfig
+(``debugger.managed: true``) the hook writes them to ``<S3OutputPath>/<training job name>/debug-output``, not into
+``output.tar.gz``:
 
     {"rules": {"VanishingGradient": {"status": "NoIssuesFound", "evidence": {...}, "blocking": true}, ...},
      "summary": {"issues_found": ["Overfit"], "blocking_issues_found": 0, ...}}
 
-The quality gate reads ``summary.blocking_issues_found`` (JsonGet path in ``imgclf.schemas``). Every rule
-parameter has an option ``--<rule>-<parameter>`` (e.g. ``--vanishing-gradient-threshold 0.0000001``); defaults
-are AWS's (``imgclf.debugger.params``). Exit status 0 whenever debug.json was written, whatever the verdicts
-(the gate decides); 2 for bad arguments; 1 when the training output is missing.
+The quality gate reads ``summary.blocking_issues_found`` (blocking rules that found issues, or that could not
+judge: Skipped or Error) and its FailStep message ``summary.blocking_reason`` (JsonGet paths in
+``imgclf.schemas``). Every rule parameter has an option ``--<rule>-<parameter>`` (e.g.
+``--vanishing-gradient-threshold 0.0000001``); defaults are AWS's (``imgclf.debugger.params``). Exit status 0
+whenever debug.json was written, whatever the verdicts (the gate decides); 2 for bad arguments; 1 when the
+training output (or ``--tensors``) is missing.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--training-output", default=DEFAULT_TRAINING_OUTPUT, help="output.tar.gz or its folder")
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder for debug.json")
+    parser.add_argument("--tensors", default="",
+                        help="smdebug tensors folder (default: tensors/ in the training output; managed hook: its "
+                             "debug-output folder)")
     parser.add_argument(
         "--blocking-rules",
         default=",".join(DEFAULT_BLOCKING_RULES),
@@ -97,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args, given = parse_args(argv)
     try:
         report = evaluate_training_output(
-            Path(args.training_output), given, blocking_rules=args.blocking_rules, rules=args.rules or None
+            Path(args.training_output), given, blocking_rules=args.blocking_rules, rules=args.rules or None,
+            tensors=Path(args.tensors) if args.tensors else None,
         )
     except (FileNotFoundError, tarfile.TarError) as error:  # TarError: an unsafe member refused by filter="data"
         print(f"error: {error}", file=sys.stderr)
@@ -115,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = report["summary"]
     issues = ",".join(summary["issues_found"]) or "-"
     print(f"issues_found={issues} blocking_issues_found={summary['blocking_issues_found']}")
+    if summary["blocking_issues_found"]:
+        print(f"blocking: {summary['blocking_reason']}")
     print(f"wrote {target}")
     return 0
 

@@ -2,9 +2,12 @@
 
 Input ``/opt/ml/processing/training-output`` <- the train job's ``output.tar.gz`` (smdebug tensors, profiler
 samples, history), located as ``Std:Join`` of ``OutputDataConfig.S3OutputPath``, ``TrainingJobName`` and
-``output/output.tar.gz``. Output ``/opt/ml/processing/debug`` -> ``debug.json`` (under the execution's own
-prefix), declared as the PropertyFile ``DebugReport`` that the quality gate reads
-(``summary.blocking_issues_found``).
+``output/output.tar.gz``. With ``debugger.managed: true`` the job's hook follows SageMaker's DebugHookConfig and
+writes its tensors to ``<DebugHookConfig.S3OutputPath>/<TrainingJobName>/debug-output`` (the SDK's
+``Estimator.latest_job_debugger_artifacts_path``), not into ``output.tar.gz``: a second input
+``/opt/ml/processing/tensors`` reads them from there (``debug.py --tensors``). Output ``/opt/ml/processing/debug``
+-> ``debug.json`` (under the execution's own prefix), declared as the PropertyFile ``DebugReport`` that the quality
+gate reads (``summary.blocking_issues_found``, ``summary.blocking_reason``).
 
 Arguments: ``--blocking-rules`` (``debugger.blocking_rules``) and one ``--<rule>-<parameter> <value>`` per
 configured rule parameter, both names in kebab case (``--vanishing-gradient-threshold 1e-07``,
@@ -29,6 +32,7 @@ from steps.split import PROCESSING_ROOT, make_processor
 STEP_NAME = "debug"
 OUTPUT_NAME = "debug"
 TRAINING_OUTPUT_DIR = f"{PROCESSING_ROOT}/training-output"
+TENSORS_DIR = f"{PROCESSING_ROOT}/tensors"
 REPORT_DIR = f"{PROCESSING_ROOT}/debug"
 
 
@@ -62,16 +66,25 @@ def build(ctx: StepContext, train: TrainingStep) -> tuple[ProcessingStep, Proper
             "output.tar.gz",
         ],
     )
+    inputs = [ProcessingInput(input_name="training-output", source=training_output, destination=TRAINING_OUTPUT_DIR)]
+    tensors_arguments = []
+    if ctx.config.debugger.managed:
+        hook_output = Join(on="/", values=[
+            train.properties.DebugHookConfig.S3OutputPath, train.properties.TrainingJobName, "debug-output",
+        ])  # fmt: skip
+        inputs.append(ProcessingInput(input_name="tensors", source=hook_output, destination=TENSORS_DIR))
+        tensors_arguments = ["--tensors", TENSORS_DIR]
     step_args = make_processor(ctx, STEP_NAME).run(
         code="debug.py",
         source_dir=ctx.code.s3_uri,
-        inputs=[ProcessingInput(input_name="training-output", source=training_output, destination=TRAINING_OUTPUT_DIR)],
+        inputs=inputs,
         outputs=[
             ProcessingOutput(
                 output_name=OUTPUT_NAME, source=REPORT_DIR, destination=ctx.execution_uri(STEP_NAME, OUTPUT_NAME)
             )
         ],
-        arguments=["--training-output", TRAINING_OUTPUT_DIR, "--output-dir", REPORT_DIR, *rule_arguments(ctx)],
+        arguments=["--training-output", TRAINING_OUTPUT_DIR, "--output-dir", REPORT_DIR, *tensors_arguments,
+                   *rule_arguments(ctx)],
         kms_key=ctx.config.security.kms_key_id,
     )
     step = ProcessingStep(name=STEP_NAME, step_args=step_args, property_files=[report], cache_config=ctx.cache)

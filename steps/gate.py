@@ -4,7 +4,8 @@ Passes when ``evaluation.json``'s ``multiclass_classification_metrics.accuracy.v
 ``debug.json``'s ``summary.blocking_issues_found == 0`` (both read with ``JsonGet`` through their PropertyFiles;
 paths from ``imgclf.schemas``). Then ``register`` (and ``deploy`` when enabled) run; otherwise the FailStep
 ``quality_gate_failed`` ends the execution with a message holding the measured accuracy, the threshold, the
-number of blocking issues and the rules configured as blocking.
+number of blocking rules that found issues or could not judge (Skipped, Error), the rules configured as blocking
+and ``summary.blocking_reason`` (each such rule with its verdict and reason).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import ProcessingStep, Step
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
-from imgclf.schemas import ACCURACY_JSON_PATH, BLOCKING_ISSUES_JSON_PATH
+from imgclf.schemas import ACCURACY_JSON_PATH, BLOCKING_ISSUES_JSON_PATH, BLOCKING_REASON_JSON_PATH
 from steps.context import StepContext
 
 STEP_NAME = "quality_gate"
@@ -33,6 +34,7 @@ def build(
     """Return the gate; ``evaluate`` and ``debug`` are (step, PropertyFile) pairs, ``if_steps`` run on a pass."""
     accuracy = JsonGet(step_name=evaluate[0].name, property_file=evaluate[1], json_path=ACCURACY_JSON_PATH)
     blocking = JsonGet(step_name=debug[0].name, property_file=debug[1], json_path=BLOCKING_ISSUES_JSON_PATH)
+    reason = JsonGet(step_name=debug[0].name, property_file=debug[1], json_path=BLOCKING_REASON_JSON_PATH)
     threshold = ctx.parameters.accuracy_threshold
     blocking_rules = ", ".join(ctx.config.debugger.blocking_rules) or "none"
     fail = FailStep(
@@ -41,7 +43,8 @@ def build(
             on=" ",
             values=[
                 "Quality gate failed: test accuracy", accuracy, "(threshold", threshold,
-                "); blocking Debugger issues found:", blocking, f"(blocking rules: {blocking_rules}).",
+                "); blocking Debugger rules that found issues or could not judge:", blocking,
+                f"(blocking rules: {blocking_rules}):", reason, ".",
                 "See the evaluate and debug steps' reports.",
             ],
         ),  # fmt: skip

@@ -18,6 +18,9 @@ DEBUG_FILE = "debug.json"
 DEBUG_PROPERTY_FILE = "DebugReport"
 #: JsonGet path (an int) that the quality gate reads from debug.json.
 BLOCKING_ISSUES_JSON_PATH = "summary.blocking_issues_found"
+#: JsonGet path (a str) that the quality gate's FailStep message reads from debug.json: each blocking rule that
+#: found issues or could not judge, with its reason ("none" when none).
+BLOCKING_REASON_JSON_PATH = "summary.blocking_reason"
 
 # Rule verdicts, as SageMaker reports RuleEvaluationStatus (plus the two states of our own rules runner).
 ISSUES_FOUND = "IssuesFound"

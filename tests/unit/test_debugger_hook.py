@@ -93,13 +93,32 @@ def test_managed_hook_config_file_is_used_when_present(tmp_path, monkeypatch):
     assert any(managed_dir.rglob("*.tfevents")) and not (tmp_path / "own-tensors").exists()
 
 
-def test_without_smdebug_training_goes_on_with_a_reason(tmp_path, monkeypatch):
+def test_without_smdebug_training_goes_on_and_says_so_loudly(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "smdebug.pytorch", None)  # import fails as if smdebug were not installed
     model, criterion = TinyNet(), nn.CrossEntropyLoss()
-    session = DebugSession.create(str(tmp_path / "tensors"), model, criterion)
+    with caplog.at_level("ERROR", logger=hook_module.__name__):
+        session = DebugSession.create(str(tmp_path / "tensors"), model, criterion)
     assert not session.available and "smdebug is not importable" in session.reason
     run_steps(session, model, criterion, steps=2)  # train_mode/eval_mode/close are no-ops
-    assert not (tmp_path / "tensors").exists()
+    # the job's log says so at ERROR, and the reason travels in output.tar.gz to the debug step
+    assert any(r.levelname == "ERROR" and "hook NOT started" in r.getMessage() for r in caplog.records)
+    marker = json.loads((tmp_path / "tensors" / hook_module.HOOK_FAILED_FILE).read_text())
+    assert "smdebug is not importable" in marker["reason"]
+    assert session.status() == {"hook": False, "managed": False, "out_dir": str(tmp_path / "tensors"),
+                                "reason": session.reason}  # fmt: skip
+    assert [p.name for p in (tmp_path / "tensors").iterdir()] == [hook_module.HOOK_FAILED_FILE]
+
+
+def test_a_hook_that_starts_clears_an_earlier_failure(tmp_path, monkeypatch):
+    pytest.importorskip("smdebug")
+    tensors = tmp_path / "tensors"
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "smdebug.pytorch", None)
+        DebugSession.create(str(tensors), TinyNet(), nn.CrossEntropyLoss())
+    assert (tensors / hook_module.HOOK_FAILED_FILE).is_file()
+    session = DebugSession.create(str(tensors), TinyNet(), nn.CrossEntropyLoss())  # the resumed job's hook
+    assert session.available and not (tensors / hook_module.HOOK_FAILED_FILE).exists()
+    session.close()
 
 
 def test_bad_arguments_name_the_fix(tmp_path):

@@ -238,6 +238,7 @@ def test_gate_reads_property_files_and_fail_message(definition):
     assert sorted(v["Std:JsonGet"]["Path"] for v in refs if "Std:JsonGet" in v) == [
         "multiclass_classification_metrics.accuracy.value",
         "summary.blocking_issues_found",
+        "summary.blocking_reason",  # which blocking rule found issues or could not judge, and why
     ]
 
 
@@ -288,6 +289,21 @@ def test_managed_debugger_adds_rules_with_parameters():
     assert profiler == {"ProfilerReport", "LowGPUUtilization"}
     assert train["DebugHookConfig"]["S3OutputPath"].endswith("/train/debugger")
     assert "DisableProfiler" not in train["ProfilerConfig"] or train["ProfilerConfig"]["DisableProfiler"] is False
+
+
+def test_managed_debugger_debug_step_reads_the_hooks_s3_output():
+    """A managed hook writes to <DebugHookConfig.S3OutputPath>/<job>/debug-output, not into output.tar.gz."""
+    unmanaged = steps_by_name(json.loads(definition_json(load_config())))["debug"]["Arguments"]
+    assert [i["InputName"] for i in unmanaged["ProcessingInputs"]] == ["training-output", "code", "entrypoint"]
+    assert "--tensors" not in unmanaged["AppSpecification"]["ContainerArguments"]
+    config = load_config(overrides=["debugger.managed=true"])
+    debug = steps_by_name(json.loads(definition_json(config)))["debug"]["Arguments"]
+    tensors = next(i for i in debug["ProcessingInputs"] if i["InputName"] == "tensors")
+    assert tensors["S3Input"]["LocalPath"] == "/opt/ml/processing/tensors"
+    assert tensors["S3Input"]["S3Uri"]["Std:Join"] == {"On": "/", "Values": [
+        {"Get": "Steps.train.DebugHookConfig.S3OutputPath"}, {"Get": "Steps.train.TrainingJobName"}, "debug-output"]}
+    args = debug["AppSpecification"]["ContainerArguments"]
+    assert args[args.index("--tensors") + 1] == "/opt/ml/processing/tensors"
 
 
 def test_multi_instance_and_no_deploy():

@@ -237,13 +237,49 @@ def test_debug_script_reads_the_tarball_and_applies_cli_parameters(runs, tmp_pat
     assert bad.returncode == 2 and "Overtraining.delta must be a float" in bad.stderr
 
 
-def test_rules_skip_when_training_saved_no_tensors(tmp_path):
+def test_blocking_rules_that_skip_for_lack_of_tensors_block_the_gate(tmp_path):
     (tmp_path / "profiler").mkdir()
     report = evaluate_training_output(tmp_path)
     for name in DEBUGGER_RULES:
         assert report["rules"][name]["status"] == "Skipped"
         assert "no smdebug tensors" in report["rules"][name]["evidence"]["reason"]
-    assert report["summary"]["blocking_issues_found"] == 0
+    summary = report["summary"]
+    # the default blocking rules could not judge: they block, and the reason reaches the FailStep message
+    assert summary["blocking_issues_found"] == 2
+    assert summary["blocking_not_judged"] == ["VanishingGradient", "PoorWeightInitialization"]
+    assert summary["blocking_reason"].startswith("VanishingGradient: Skipped (no smdebug tensors at ")
+    assert "; PoorWeightInitialization: Skipped (" in summary["blocking_reason"]
+    # a non-blocking rule that skips blocks nothing
+    relaxed = evaluate_training_output(tmp_path, blocking_rules=["Overfit"], rules=["Overfit"])
+    assert relaxed["summary"]["blocking_issues_found"] == 1 and relaxed["summary"]["blocking_not_judged"] == ["Overfit"]
+    assert evaluate_training_output(tmp_path, blocking_rules=[])["summary"]["blocking_reason"] == "none"
+
+
+def test_a_hook_that_did_not_start_is_the_reason_in_debug_json(tmp_path):
+    """train.py's hook failed (hook_failed.json in tensors/): debug.py says why and the gate blocks."""
+    training_output = tmp_path / "training-output"
+    (training_output / "tensors").mkdir(parents=True)
+    (training_output / "tensors" / "hook_failed.json").write_text(json.dumps(
+        {"reason": "smdebug is not importable (ModuleNotFoundError: No module named 'distutils')"}))
+    out = tmp_path / "debug"
+    result = run_script("debug.py", "--training-output", str(training_output), "--output-dir", str(out))
+    report = json.loads((out / "debug.json").read_text())
+    reason = report["rules"]["VanishingGradient"]["evidence"]["reason"]
+    assert reason == ("the training job's smdebug hook did not start: smdebug is not importable "
+                      "(ModuleNotFoundError: No module named 'distutils')")  # fmt: skip
+    assert report["summary"]["blocking_issues_found"] == 2
+    assert "No module named 'distutils'" in report["summary"]["blocking_reason"]
+    assert "blocking_issues_found=2" in result.stdout and "blocking: VanishingGradient: Skipped" in result.stdout
+
+
+def test_a_blocking_rule_that_errors_blocks(runs, tmp_path):
+    folder, _, _ = runs["healthy"]
+    # an unknown parameter makes the rule raise (Error): as blocking, it fails the gate with the message
+    report = evaluate_training_output(folder, parameters={"Overfit": {"ratio": 0.2}}, blocking_rules=["Overfit"])
+    assert report["rules"]["Overfit"]["status"] == "Error"
+    assert report["summary"]["blocking_issues_found"] == 1
+    assert report["summary"]["blocking_reason"].startswith("Overfit: Error (") and "ratio" in (
+        report["summary"]["blocking_reason"])
 
 
 @pytest.mark.parametrize(

@@ -23,11 +23,16 @@ Two ways to build it, in this order:
    The first 10 training steps are dense because PoorWeightInitialization analyses them (its ``steps`` default).
 
 If smdebug cannot be imported (or the hook cannot be built), ``create`` returns a no-op session whose
-``available`` is False and ``reason`` says why; training goes on and the rules report ``Skipped``.
+``available`` is False and ``reason`` says why, logs the reason at ERROR level and writes it to
+``<out_dir>/hook_failed.json`` (``HOOK_FAILED_FILE``), which travels in ``output.tar.gz`` to the ``debug`` step.
+Training goes on (a tuning trial or an evaluation is still worth having), but the debug step reports every
+Debugger rule ``Skipped`` with that reason, and a blocking rule that could not judge fails the quality gate
+(``imgclf.debugger.runner.build_report``): a job without tensors is never registered as if it had passed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -46,6 +51,8 @@ VARIANCE_REDUCTION = {"reductions": ["variance"]}  # PoorWeightInitialization: a
 #: AWS default ``activation_inputs_regex`` of PoorWeightInitialization; module inputs are named
 #: ``<module>_input_<i>`` by smdebug, so ReLU modules named ``relu`` (torchvision's naming) match.
 RELU_INPUT_REGEX = ".*relu_input"
+#: Written into ``out_dir`` when the hook could not start: ``{"reason": "..."}`` (read by the debug step's runner).
+HOOK_FAILED_FILE = "hook_failed.json"
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +109,17 @@ class DebugSession:
         gradients, weights and ReLU inputs are saved. ``hook_config_path``: managed hook config file; found
         through ``find_hook_config`` when None. Raises ValueError for ``save_interval < 1`` and
         FileNotFoundError for a ``hook_config_path`` that does not exist; any smdebug failure gives a no-op
-        session with the reason instead, so training never stops for the debugger.
+        session with the reason instead (logged at ERROR and written to ``<out_dir>/hook_failed.json``), so
+        training never stops for the debugger but the debug step and the quality gate know why.
         """
         if int(save_interval) < 1:
             raise ValueError(f"save_interval must be >= 1 step, got {save_interval}; use e.g. 10")
         config_path = find_hook_config(hook_config_path)
         try:
             import smdebug.pytorch as smd
-        except Exception as error:  # smdebug is optional: a broken install must not stop training
-            return cls(reason=f"smdebug is not importable ({type(error).__name__}: {error}); tensors not saved")
+        except Exception as error:  # a broken install must not stop training, but it must be seen
+            return cls._failed(out_dir, f"smdebug is not importable ({type(error).__name__}: {error})")
+        (Path(out_dir) / HOOK_FAILED_FILE).unlink(missing_ok=True)  # a resumed job's earlier failure is over
         try:
             if config_path is not None:
                 hook = smd.Hook.create_from_json_file(str(config_path))
@@ -123,8 +132,20 @@ class DebugSession:
             hook.register_loss(criterion)
             return cls(hook=hook, out_dir=str(out_dir))
         except Exception as error:  # e.g. an smdebug/torch incompatibility: report it, keep training
-            log.warning("smdebug hook not created: %s", error)
-            return cls(reason=f"smdebug hook could not be created ({type(error).__name__}: {error})")
+            return cls._failed(out_dir, f"smdebug hook could not be created ({type(error).__name__}: {error})")
+
+    @classmethod
+    def _failed(cls, out_dir: str, reason: str) -> DebugSession:
+        """The no-op session for a hook that could not start: log the reason and leave it in ``out_dir``."""
+        log.error("Debugger hook NOT started, no tensors will be saved: %s. The debug step will report the "
+                  "Debugger rules Skipped and the quality gate will fail on its blocking rules.", reason)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / HOOK_FAILED_FILE).write_text(json.dumps({"reason": reason}) + "\n", encoding="utf-8")
+        return cls(reason=reason, out_dir=str(out_dir))
+
+    def status(self) -> dict:
+        """``{"hook": bool, "managed": bool, "out_dir": str | None, "reason": str}`` for the job's history."""
+        return {"hook": self.available, "managed": self.managed, "out_dir": self.out_dir, "reason": self.reason}
 
     def train_mode(self) -> None:
         """Mark the following forward/backward passes as training steps (smdebug ``modes.TRAIN``)."""

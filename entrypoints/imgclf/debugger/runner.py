@@ -7,12 +7,16 @@ folder holding it, or the extracted folder. Debugger rules run as ``smdebug.rule
 the JSON-lines samples.
 
 Statuses (``imgclf.schemas``): IssuesFound, NoIssuesFound, Error (the rule raised; message in evidence),
-NotApplicable (no data the rule can judge, reason in evidence), Skipped (smdebug missing, no tensors saved, or
-a rule this package does not implement).
+NotApplicable (no data the rule can judge, reason in evidence), Skipped (smdebug missing, no tensors saved, the
+training job's hook did not start, or a rule this package does not implement).
+
+A blocking rule blocks when it found issues AND when it could not judge (Skipped or Error): a model whose
+training saved no tensors must not pass the quality gate as if the rules had looked (``build_report``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -24,6 +28,7 @@ from pathlib import Path
 from imgclf import schemas
 
 from . import params
+from .hook import HOOK_FAILED_FILE
 from .profiler_rules import cpu_bottleneck, load_profiler, low_gpu_utilization
 
 TENSORS_DIR = "tensors"
@@ -65,14 +70,17 @@ def _extract(tarball: Path, workdir: Path) -> Path:
     return target
 
 
-def run_debugger_rules(tensors_path: Path, parameters: dict[str, dict], names=schemas.DEBUGGER_RULES) -> dict:
+def run_debugger_rules(tensors_path: Path, parameters: dict[str, dict], names=schemas.DEBUGGER_RULES,
+                       hook_failed: Path | None = None) -> dict:
     """Run the named Debugger rules over the smdebug tensors at ``tensors_path``.
 
-    ``parameters``: ``{rule: {parameter: value}}`` (missing rules or keys take the AWS defaults). Returns
-    ``{rule: {"status", "evidence"}}``. Never raises for a rule's own failure: that becomes ``Error``.
+    ``parameters``: ``{rule: {parameter: value}}`` (missing rules or keys take the AWS defaults).
+    ``hook_failed``: the training job's ``hook_failed.json`` (``imgclf.debugger.hook``), when it may exist: its
+    reason becomes every rule's Skipped reason. Returns ``{rule: {"status", "evidence"}}``. Never raises for a
+    rule's own failure: that becomes ``Error``.
     """
     tensors_path = Path(tensors_path)
-    reason = _tensors_unusable(tensors_path)
+    reason = _hook_failure(hook_failed) or _tensors_unusable(tensors_path)
     if reason:
         return {name: _verdict(schemas.SKIPPED, reason=reason) for name in names}
     try:
@@ -130,12 +138,16 @@ def evaluate_training_output(
     parameters: dict[str, dict] | None = None,
     blocking_rules=DEFAULT_BLOCKING_RULES,
     rules=None,
+    tensors: Path | None = None,
 ) -> dict:
     """Run every rule over a training output and return the ``debug.json`` document.
 
     ``rules``: names to run (default: all of ``schemas.DEBUGGER_RULES + schemas.PROFILER_RULES``); the others
-    are ``Skipped``. ``blocking_rules``: rules whose IssuesFound count in ``summary.blocking_issues_found``.
-    Raises FileNotFoundError when ``training_output`` does not exist and ValueError for unknown rule names.
+    are ``Skipped``. ``blocking_rules``: rules whose IssuesFound, Skipped or Error count in
+    ``summary.blocking_issues_found`` (``build_report``). ``tensors``: the smdebug folder when it is not the
+    training output's ``tensors/``: with a managed DebugHookConfig the hook writes to the hook's S3 path
+    (``<S3OutputPath>/<training job name>/debug-output``), not to ``output.tar.gz``. Raises FileNotFoundError
+    when ``training_output`` or ``tensors`` does not exist and ValueError for unknown rule names.
     """
     parameters = parameters or {}
     known = schemas.DEBUGGER_RULES + schemas.PROFILER_RULES
@@ -145,9 +157,15 @@ def evaluate_training_output(
             raise ValueError(f"unknown rule {name!r}; known rules: {', '.join(known)}")
     with tempfile.TemporaryDirectory(prefix="debug-") as workdir:
         root = locate_training_output(Path(training_output), Path(workdir))
+        if tensors is not None and not Path(tensors).exists():
+            raise FileNotFoundError(
+                f"smdebug tensors {tensors} do not exist; pass the hook's debug-output folder or leave --tensors out"
+            )
+        tensors_path = Path(tensors) if tensors is not None else root / TENSORS_DIR
         debugger = [n for n in schemas.DEBUGGER_RULES if n in selected]
         profiler = [n for n in schemas.PROFILER_RULES if n in selected]
-        results = run_debugger_rules(root / TENSORS_DIR, parameters, debugger) if debugger else {}
+        hook_failed = root / TENSORS_DIR / HOOK_FAILED_FILE
+        results = run_debugger_rules(tensors_path, parameters, debugger, hook_failed) if debugger else {}
         results.update(run_profiler_rules(root / PROFILER_DIR, parameters, profiler) if profiler else {})
     for name in known:
         if name not in results:
@@ -158,24 +176,49 @@ def evaluate_training_output(
 def build_report(results: dict[str, dict], blocking_rules=DEFAULT_BLOCKING_RULES) -> dict:
     """Wrap per-rule results into ``debug.json``: ``{"rules": {...}, "summary": {...}}`` (docs/contracts.md).
 
-    ``summary.blocking_issues_found`` (int) counts blocking rules with IssuesFound; an Error in a blocking
-    rule is listed in ``summary.errors`` but does not block (the rule could not judge).
+    ``summary.blocking_issues_found`` (int, the quality gate's condition) counts the blocking rules that found
+    issues or could not judge (Skipped or Error; listed in ``summary.blocking_not_judged``): a blocking rule
+    that did not look passes nothing. ``summary.blocking_reason`` (str, in the FailStep's message) names each
+    of them with its verdict and reason, or is "none".
     """
     blocking = set(blocking_rules)
     rules = {}
     for name, result in results.items():
         rules[name] = {**result, "blocking": name in blocking}
     issues = [name for name, r in rules.items() if r["status"] == schemas.ISSUES_FOUND]
+    not_judged = [n for n, r in rules.items() if n in blocking and r["status"] in (schemas.SKIPPED, schemas.ERROR)]
+    blocked = [name for name in rules if name in blocking and (name in issues or name in not_judged)]
     return {
         "rules": rules,
         "summary": {
             "issues_found": issues,
-            "blocking_issues_found": sum(1 for name in issues if name in blocking),
+            "blocking_issues_found": len(blocked),
+            "blocking_not_judged": not_judged,
+            "blocking_reason": "; ".join(_blocking_reason(name, rules[name]) for name in blocked) or "none",
             "blocking_rules": sorted(blocking),
             "errors": [name for name, r in rules.items() if r["status"] == schemas.ERROR],
             "statuses": {name: r["status"] for name, r in rules.items()},
         },
     }
+
+
+def _blocking_reason(name: str, result: dict) -> str:
+    """``"VanishingGradient: Skipped (no smdebug tensors at ...)"``, cut to 300 characters."""
+    evidence = result.get("evidence") or {}
+    detail = next((evidence[k] for k in ("reason", "message", "first") if evidence.get(k)), "")
+    text = f"{name}: {result['status']}" + (f" ({detail})" if detail else "")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _hook_failure(marker: Path | None) -> str:
+    """The reason in the training job's ``hook_failed.json`` ("" when there is none)."""
+    if marker is None or not Path(marker).is_file():
+        return ""
+    try:
+        reason = json.loads(Path(marker).read_text(encoding="utf-8")).get("reason", "")
+    except (ValueError, AttributeError):
+        reason = "unreadable hook_failed.json"
+    return f"the training job's smdebug hook did not start: {reason or 'no reason given'}"
 
 
 def _run_one(name: str, given: dict, trial) -> dict:
