@@ -77,6 +77,7 @@ def estimate_run(config, images: int, threads: int) -> RunEstimate:
     :data:`VALIDATION_COST` of a training pass per validation image. Split, debug and evaluate are not counted.
     """
     import torch
+
     from imgclf.models import build_model
 
     size = config.training.image_size
