@@ -13,10 +13,13 @@ $(STAMP): requirements.txt requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements.lock
 	touch $(STAMP)
 
+# The bundled digits are 28x28 pixels: train them at their own size (your photos train at training.image_size).
+DIGITS_SETTINGS := --set training.image_size=28
+
 ## run: the main job: bundled real digits through every step of the pipeline, locally
 run: $(STAMP)
 	$(PY) -m pipeline sample-data --out data/digits
-	$(PY) -m pipeline run-local --data data/digits --demo
+	$(PY) -m pipeline run-local --data data/digits $(DIGITS_SETTINGS) --demo
 
 ## test: ruff, then the whole test suite
 test: $(STAMP)

@@ -36,7 +36,8 @@ def row_local_pipeline(quick: bool, timeout_s: float) -> list[Result]:
         if made.returncode != 0:
             return [not_available(4, "local pipeline", f"sample-data failed: {made.stderr.strip()[-300:]}")]
         command = [python, "-m", "pipeline", "run-local", "--data", str(data), "--store", str(scratch / "store"),
-                   "--runs", str(scratch / "runs"), "--no-logs", *(QUICK_OVERRIDES if quick else [])]
+                   "--runs", str(scratch / "runs"), "--no-logs", "--set", "training.image_size=28",  # as make run
+                   *(QUICK_OVERRIDES if quick else [])]
         started = time.perf_counter()
         # A session of its own, so that a timeout ends run-local's job processes too, not only run-local.
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

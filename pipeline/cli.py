@@ -33,7 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # that part of the CLI is not built yet
         module.register(subparsers)
+    _describe(subparsers)
     return parser
+
+
+def _describe(subparsers) -> None:
+    """Give every sub-command without a description its one-line help as description, so that
+    ``python -m pipeline <command> --help`` always says what the command does."""
+    helps = {action.dest: action.help for action in subparsers._choices_actions}
+    for name, sub in subparsers.choices.items():
+        if not sub.description and helps.get(name):
+            text = helps[name]
+            sub.description = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def main(argv: list[str] | None = None) -> int:

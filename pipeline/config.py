@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 import types
 import typing
@@ -34,6 +35,57 @@ TRAIN_HYPERPARAMETERS = (
 )  # fmt: skip
 #: Hyperparameters the tuner may search (docs/contracts.md).
 TUNABLE_HYPERPARAMETERS = ("lr", "batch-size", "epochs", "momentum", "weight-decay")
+#: ``--model`` values train.py accepts (imgclf/models.py MODEL_NAMES; kept here so that loading the config does not
+#: import torch; a test checks that the two agree).
+MODEL_NAMES = (
+    "resnet18", "resnet34", "resnet50", *(f"efficientnet_b{i}" for i in range(8)), "mobilenet_v3_small",
+    "mobilenet_v3_large",
+)  # fmt: skip
+#: ``--weights`` values meaning random initialisation (imgclf/models.py build_model).
+NO_WEIGHTS = ("none", "", "null", "random")
+#: What train.py's argument parsing (train.py parse_args, imgclf/presets.py, imgclf/precision.py) accepts for each
+#: fixed hyperparameter: (check, what the value must be). A value it would refuse fails the job after split and
+#: tuning were paid for, so the config refuses it at load.
+_HYPERPARAMETER_CHECKS = {
+    "optimizer": (lambda v: v in ("sgd", "adamw"), "sgd or adamw"),
+    "lr-scheduler": (lambda v: v in ("onecycle", "cosine", "constant"), "onecycle, cosine or constant"),
+    "augment": (lambda v: v in ("none", "light", "standard"), "none, light or standard"),
+    "amp": (lambda v: str(v).lower() in ("auto", "true", "false"), "auto, true or false"),
+    "channels-last": (lambda v: str(v).lower() in ("auto", "true", "false"), "auto, true or false"),
+    "debugger": (lambda v: str(v).lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"), "true or false"),
+    "workers": (lambda v: v == "auto" or _is_int(v, 0), "auto or an integer >= 0"),
+    "epochs": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "batch-size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "seed": (lambda v: _is_int(v, None), "an integer"),
+    "threads": (lambda v: _is_int(v, 0), "an integer >= 0 (0: all cores)"),
+    "max-steps-per-epoch": (lambda v: _is_int(v, 0), "an integer >= 0 (0: all batches)"),
+    "debug-save-interval": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "lr": (lambda v: _is_float(v) and float(v) > 0 and math.isfinite(float(v)), "a positive number"),
+    "momentum": (lambda v: _is_float(v) and math.isfinite(float(v)), "a number"),
+    "weight-decay": (lambda v: _is_float(v) and math.isfinite(float(v)), "a number"),
+    "label-smoothing": (lambda v: _is_float(v) and 0 <= float(v) <= 1, "a number from 0 to 1"),
+    "profiler-interval": (lambda v: _is_float(v) and float(v) > 0, "a positive number of seconds"),
+}
+
+
+def _is_int(value: Any, minimum: int | None) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        number = int(str(value))
+    except ValueError:
+        return False
+    return minimum is None or number >= minimum
+
+
+def _is_float(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
 
 # IAM role ARN: https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_identifiers.html#identifiers-arns
 ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
@@ -118,14 +170,40 @@ class Training(_Model):
     spot: bool = False
     max_wait_s: int = Field(172800, ge=60)
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        _check_choice(value, MODEL_NAMES, "model train.py can build")
+        return value
+
     @field_validator("hyperparameters")
     @classmethod
     def _known_hyperparameters(cls, value: dict) -> dict:
-        for key in value:
+        for key, setting in value.items():
             _check_choice(key, TRAIN_HYPERPARAMETERS, "train.py hyperparameter")
             if key in ("model", "weights", "image-size"):
                 raise ValueError(f"set {key!r} as training.{key.replace('-', '_')}, not in hyperparameters")
+            check = _HYPERPARAMETER_CHECKS.get(key)
+            if check and not check[0](setting):
+                raise ValueError(f"{key}: {setting!r} would be refused by train.py; give {check[1]}")
         return value
+
+    @model_validator(mode="after")
+    def _known_weights(self) -> Training:
+        # imgclf/models.py build_model: none, a state_dict file (a path, or a .pth/.pt name in the weights channel),
+        # or a torchvision weights name of this model. Only the last needs torchvision, imported just then.
+        weights = self.weights.strip()
+        if weights.lower() in NO_WEIGHTS or "/" in weights or weights.endswith((".pth", ".pt")):
+            return self
+        from torchvision.models import get_model_weights
+
+        names = [w.name for w in get_model_weights(self.model)]
+        if weights.upper() not in names:
+            raise ValueError(
+                f"weights {weights!r} are not torchvision weights of {self.model}{_suggest(weights.upper(), names)} "
+                f"(use none, a .pth state_dict: a path or a file in the weights channel, or one of {', '.join(names)})"
+            )
+        return self
 
 
 class ContinuousRange(_Model):
@@ -179,6 +257,23 @@ class Tuning(_Model):
         for key in value:
             _check_choice(key, TUNABLE_HYPERPARAMETERS, "tunable hyperparameter")
         return value
+
+    @model_validator(mode="after")
+    def _refused_by_train(self) -> Tuning:
+        # train.py refuses epochs or batch-size < 1 and lr <= 0 (parse_args): a range reaching there fails trials
+        for key, minimum in (("epochs", 1), ("batch-size", 1)):
+            bounds = self.ranges.get(key)
+            if isinstance(bounds, ContinuousRange):
+                raise ValueError(f"ranges.{key}: train.py takes an integer; make the range integer or categorical")
+            values = bounds.values if isinstance(bounds, CategoricalRange) else (bounds.min,) if bounds else ()
+            bad = [v for v in values if not _is_int(v, minimum)]
+            if bad:
+                raise ValueError(f"ranges.{key}: {bad[0]!r} would be refused by train.py; give integers >= {minimum}")
+        lr = self.ranges.get("lr")
+        low = lr.values if isinstance(lr, CategoricalRange) else (lr.min,) if lr else ()
+        if any(not _is_float(v) or float(v) <= 0 for v in low):
+            raise ValueError("ranges.lr: train.py takes a positive learning rate; make min > 0")
+        return self
 
     @model_validator(mode="after")
     def _limits(self) -> Tuning:
@@ -400,20 +495,42 @@ def _valid_keys(loc: tuple) -> list[str]:
     return _fields_of(annotation) or []
 
 
-def _explain(error: ValidationError, source: str) -> str:
+def _explain(error: ValidationError, source: str, overrides: typing.Iterable[str] = ()) -> str:
+    """One line per problem: ``<source>: <key path>: <message>``; a problem under a key that a ``--set`` gave is
+    reported as ``--set <key=value>: ...`` so that the user looks on the command line, not in the file."""
+    given = [(parse_override(text)[0], text) for text in overrides]
     lines = []
     for item in error.errors():
         loc = tuple(item["loc"])
+        # the last --set of this key or of a key above or below it (--set tuning.max_job=2 -> loc tuning.max_job)
+        by_set = [text for path, text in given if _overlap(path, loc)]
+        if by_set:
+            shown = ".".join(str(p) for p in loc if p not in ("continuous", "integer", "categorical"))
+            message = _message(item, loc)
+            lines.append(f"--set {by_set[-1]}: {shown or '(top level)'}: {message}")
+            continue
         # pydantic puts the tag of a discriminated union in the loc ("continuous"); readers know the key path
         shown = ".".join(str(p) for p in loc if p not in ("continuous", "integer", "categorical"))
-        if item["type"] == "extra_forbidden":
-            message = f"unknown key{_suggest(str(loc[-1]), _valid_keys(loc))}"
-        elif item["type"] == "missing":
-            message = "required key is missing"
-        else:
-            message = str(item["msg"]).removeprefix("Value error, ")
-        lines.append(f"{source}: {shown or '(top level)'}: {message}")
+        lines.append(f"{source}: {shown or '(top level)'}: {_message(item, loc)}")
     return "\n".join(lines)
+
+
+def _message(item: dict, loc: tuple) -> str:
+    if item["type"] == "extra_forbidden":
+        return f"unknown key{_suggest(str(loc[-1]), _valid_keys(loc))}"
+    if item["type"] == "missing":
+        return "required key is missing"
+    return str(item["msg"]).removeprefix("Value error, ")
+
+
+def _overlap(path: list[str], loc: tuple) -> bool:
+    """Whether an override of ``path`` set the value at ``loc`` (or the mapping holding it, or a key inside).
+
+    A model-level problem (loc ``training``) is the override's when the override is under it: a
+    ``--set training.weights=X`` refused by Training's weights check has loc ``("training",)``."""
+    keys = [str(p) for p in loc if p not in ("continuous", "integer", "categorical")]
+    n = min(len(path), len(keys))
+    return n > 0 and path[:n] == keys[:n]
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -475,6 +592,11 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as error:
         raise ConfigError(f"{path}: no such config file; pass --config <path to pipeline.yaml>") from error
+    except IsADirectoryError as error:
+        raise ConfigError(f"{path}: is a folder; pass --config <path to pipeline.yaml>") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot be read as a UTF-8 text file ({error}); pass --config <path to "
+                          "pipeline.yaml>") from error
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(data, dict):
@@ -482,14 +604,17 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
     local_block = data.pop("local", None) or {}
     if not isinstance(local_block, dict):
         raise ConfigError(f"{path}: local: expected a mapping of overrides")
-    config = _validate(apply_overrides(data, overrides), path.name)
+    overrides = list(overrides)
+    config = _validate(apply_overrides(data, overrides), path.name, overrides)
     # the local block is validated on every load, so a mistake in it shows before the first local run
-    local_config = _validate(apply_overrides(deep_merge(data, local_block), overrides), f"{path.name} (local:)")
+    local_config = _validate(
+        apply_overrides(deep_merge(data, local_block), overrides), f"{path.name} (local:)", overrides
+    )
     return local_config if local else config
 
 
-def _validate(data: dict, source: str) -> Config:
+def _validate(data: dict, source: str, overrides: list[str]) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_explain(error, source)) from None
+        raise ConfigError(_explain(error, source, overrides)) from None

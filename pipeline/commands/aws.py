@@ -184,11 +184,26 @@ def cmd_start(args) -> int:
     from pipeline import aws
 
     config = _config(args)
-    arn = aws.start(config, aws.parse_params(args.param))
+    params = aws.parse_params(args.param)
+    _check_params(config, params)
+    arn = aws.start(config, params)
     print(arn)
     if args.wait:
         return _watch(config, arn, interval=15.0)
     return 0
+
+
+def _check_params(config, params: dict[str, str]) -> None:
+    """Refuse, before any AWS call, a --param the config's definition does not declare or a value not of its type
+    (the same check run-local makes: pipeline.local.executor.resolve_parameters)."""
+    from pipeline.build import build
+    from pipeline.local.executor import ExecutionError, resolve_parameters
+
+    declared = json.loads(build(config).definition).get("Parameters", [])
+    try:
+        resolve_parameters(declared, params)
+    except ExecutionError as error:
+        raise UserError(f"{error}; nothing was started") from error
 
 
 def _table(execution):

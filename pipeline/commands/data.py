@@ -17,8 +17,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from pipeline.cli import UserError
     from pipeline.sample_data import write_digits
 
-    counts = write_digits(args.out, args.per_class, args.format)
+    try:
+        counts = write_digits(args.out, args.per_class, args.format)
+    except (ValueError, OSError) as error:  # bad --per-class/--out, or a folder that cannot be written
+        raise UserError(str(error)) from error
     print(f"wrote {sum(counts.values())} images of {len(counts)} classes to {args.out}")
     return 0

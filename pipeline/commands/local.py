@@ -105,10 +105,12 @@ def run(args: argparse.Namespace) -> int:
         cpus=args.cpus or cpu_count(),
         keep_job_dirs=args.keep_job_dirs,
     )
-    if args.data is not None and not args.data.is_dir():
-        raise UserError(
-            f"--data {args.data}: not a folder (make one with: python -m pipeline sample-data --out {args.data})"
-        )
+    from pipeline.local.preflight import check_image_folder, describe, estimate_run
+
+    # the folder's layout is checked here, before the execution starts, so that its errors name the user's folder
+    # (split.py inside the job only sees its container path)
+    classes = check_image_folder(args.data) if args.data is not None else None
+    config = None
     try:
         if args.resume:
             if args.definition or args.overrides or parameters:
@@ -145,8 +147,18 @@ def run(args: argparse.Namespace) -> int:
     options.echo, options.on_event = display.echo, display.on_event
     console = display.console
     console.print(
-        f"execution {execution.id}: store {execution.store.root}, records {execution.run_dir}", highlight=False
-    )
+        f"execution {execution.id}: store {execution.store.root}, records {execution.run_dir}",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    if config is not None:
+        if classes:
+            line = describe(estimate_run(config, sum(classes.values()), options.cpus))
+            console.print(f"{line}; {sum(classes.values()):,} images in {len(classes)} classes", highlight=False,
+                          soft_wrap=True)  # fmt: skip
+        else:
+            training = config.training
+            console.print(f"training {training.model} (weights {training.weights}) at {training.image_size} px "
+                          "(training.image_size)", highlight=False, soft_wrap=True)  # fmt: skip
     try:
         with display:
             record = execution.run()

@@ -44,7 +44,9 @@ def register(subparsers) -> None:
     target = predict.add_mutually_exclusive_group(required=True)
     target.add_argument("--endpoint", metavar="URL", help="a local endpoint, e.g. http://127.0.0.1:8080")
     target.add_argument("--endpoint-name", metavar="NAME", help="a SageMaker endpoint's name")
-    predict.add_argument("--region", help="AWS region of --endpoint-name (default: the configured one)")
+    predict.add_argument("--region", help="AWS region of --endpoint-name (default: region in --config)")
+    predict.add_argument("--config", type=Path, default=None,
+                         help="pipeline config whose region --endpoint-name uses (default: pipeline.yaml)")
     predict.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.set_defaults(func=run_predict)
@@ -91,11 +93,30 @@ def resolve_model(reference: str, store: Path, sha256: str | None) -> tuple[str,
     return str(package["model_path"]), package["sha256"], package["description"].get("ModelPackageArn")
 
 
+def _check_archive(model: str, sha256: str | None) -> None:
+    """Open and check the archive (gzip tar, checksum, safe members) as the endpoint will, before anything is
+    announced or started: a wrong --model is one error line, not a server that starts and then stops.
+
+    Raises:
+        UserError: the archive cannot be used (the message says why).
+    """
+    import tempfile
+
+    from pipeline.serving.handlers import ModelArchiveError, prepare_model_dir
+
+    with tempfile.TemporaryDirectory(prefix="serve-check-") as scratch:
+        try:
+            prepare_model_dir(model, Path(scratch), sha256)
+        except (ModelArchiveError, OSError) as error:
+            raise UserError(f"--model {model}: {error}") from error
+
+
 def run_serve(args) -> int:
     """Run the endpoint in the foreground until Ctrl-C / SIGTERM."""
     from pipeline.serving.server import EndpointConfig, ModelLoadError, default_num_threads, resolve_port, serve
 
     model, sha256, version = resolve_model(args.model, args.store, args.sha256)
+    _check_archive(model, sha256)
     config = EndpointConfig(model, sha256, args.model_version or version, args.num_threads or default_num_threads(),
                             args.max_batch_size, args.max_delay_ms, args.max_queue_size)
     port = resolve_port(args.port)
@@ -126,7 +147,13 @@ def run_predict(args) -> int:
         if args.endpoint:
             predictions = predict_http(args.endpoint, args.images, args.top_k)
         else:
-            predictions = predict_sagemaker(args.endpoint_name, args.images, args.top_k, args.region)
+            # the endpoint lives where the pipeline deployed it: pipeline.yaml's region, as for every AWS command
+            region = args.region
+            if region is None:
+                from pipeline.config import load_config
+
+                region = load_config(args.config).region
+            predictions = predict_sagemaker(args.endpoint_name, args.images, args.top_k, region)
     except PredictError as error:
         raise UserError(str(error)) from error
     if args.json:

@@ -678,7 +678,12 @@ class LocalExecution:
                 job_context,
                 state_dir=self.run_dir / "tuning" / node.name,
                 cpus=threads,
-                on_trial=self._trial_reporter(node.name),
+                on_trial=self._trial_reporter(
+                    node.name,
+                    arguments.get("HyperParameterTuningJobConfig", {}).get("ResourceLimits", {}).get(
+                        "MaxNumberOfTrainingJobs"
+                    ),
+                ),
                 stop_event=self.stop_event,
             )
             jobs = [
@@ -717,7 +722,7 @@ class LocalExecution:
 
         return report
 
-    def _trial_reporter(self, step_name: str) -> Callable[[str, str, dict], None]:
+    def _trial_reporter(self, step_name: str, total: int | None = None) -> Callable[[str, str, dict], None]:
         state: dict[str, str] = {}
         finished: list[str] = []
         epochs: dict[str, int] = {}
@@ -736,7 +741,8 @@ class LocalExecution:
                 finished.append(
                     f"{short}:{data['TrainingJobStatus']}" + (f"({value:.4f})" if value is not None else "")
                 )
-            running = ", ".join(f"trial {k} {v}" for k, v in sorted(state.items()))
+            of = f" of {total}" if total else ""  # "trial 2 of 3": the tuner's MaxNumberOfTrainingJobs
+            running = ", ".join(f"trial {int(k) if k.isdigit() else k}{of} {v}" for k, v in sorted(state.items()))
             self.update_step(step_name, Detail=f"{len(finished)} done [{' '.join(finished[-4:])}] {running}".strip())
 
         return report

@@ -3,18 +3,22 @@
 Sections, in order (each one says "not available" and why when its data is missing, so the page always renders):
 
 1. Steps: the step graph coloured by state, with durations, and a table of steps (type, status, duration,
-   cache hit, detail or failure reason) from ``execution.json``.
-2. Tuning: every trial's tuned hyperparameters against the objective, best trial marked.
-3. Training: train and validation loss and accuracy per epoch, from the train job's ``history.json``.
-4. Debugger and profiler rules: each rule's verdict with its evidence (step, tensor, value, threshold) from
-   ``debug.json``.
-5. Utilization: CPU, memory and GPU over time and data-loading vs compute time per step, from the train job's
+   cache hit, detail or failure reason) from ``execution.json``; the detail says what each step produced (split
+   counts, best trial, epochs, issues found, accuracy, the quality gate's comparisons as evaluated).
+2. Data: images per class and split, and every file the split rejected with its reason (``manifest.json``,
+   ``rejected.json``).
+3. Tuning: every trial's tuned hyperparameters against the objective, best trial marked.
+4. Training: train and validation loss and accuracy per epoch, from the train job's ``history.json``.
+5. Debugger and profiler rules: each rule's verdict, why it was reached (value against threshold at a step)
+   and whether it blocks the quality gate, from ``debug.json``.
+6. Utilization: CPU, memory and GPU over time and data-loading vs compute time per step, from the train job's
    ``profiler/`` samples.
-6. Evaluation: headline metrics, the confusion matrix and per-class precision, recall, F1 and support from
+7. Evaluation: headline metrics, the confusion matrix and per-class precision, recall, F1 and support from
    ``evaluation.json``.
-7. Model package and endpoint: the registered package (``DescribeModelPackage`` fields), the deploy step's
-   outputs, and the endpoint's answers when ``runs/<id>/endpoint.json`` holds them
-   (``[{"image", "true_label", "predicted", "probability", "status"}]``).
+8. Model package and endpoint: the registered package (``DescribeModelPackage`` fields), the deploy step's
+   outputs beside the endpoint's state now (a local endpoint stops when its step ends), and the endpoint's
+   answers when ``runs/<id>/endpoint.json`` holds them (``[{"image", "true_label", "predicted", "probability",
+   "status"}]``).
 
 Data is found through ``execution.json``: step ``Properties`` give S3 URIs, mapped into the local store
 (``store_root``, default: the ``Store`` recorded in execution.json). Plots are matplotlib PNGs embedded as
@@ -24,11 +28,13 @@ base64; the page needs no network and no other file.
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import io
 import json
 import math
 import tarfile
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,7 @@ STATUS_COLOURS = {
     schemas.ISSUES_FOUND: "#c62828", schemas.NO_ISSUES_FOUND: "#2e7d32", schemas.ERROR: "#ef6c00",
     schemas.NOT_APPLICABLE: "#757575", schemas.SKIPPED: "#9e9e9e",
 }  # fmt: skip
+WARNING_COLOUR = "#ef8f00"
 
 
 class Unavailable(Exception):
@@ -65,6 +72,7 @@ def write_report(run_dir: Path, store_root: Path | None = None) -> Path:
     data = RunData(run_dir, record, Path(store_root) if store_root else None)
     sections = [
         ("Steps", _steps_section),
+        ("Data", _data_section),
         ("Tuning trials", _tuning_section),
         ("Training", _training_section),
         ("Debugger and profiler rules", _rules_section),
@@ -107,10 +115,13 @@ class RunData:
         except StoreError as error:
             raise Unavailable(str(error)) from error
 
-    def processing_file(self, file_name: str) -> dict:
-        """The JSON ``file_name`` found in any succeeded processing step's outputs (e.g. debug.json)."""
+    def processing_file(self, file_name: str, step_name: str | None = None) -> Any:
+        """The JSON ``file_name`` found in any succeeded processing step's outputs (e.g. debug.json), or only in
+        ``step_name``'s."""
         searched = []
         for step in self.steps_of("Processing"):
+            if step_name is not None and step["StepName"] != step_name:
+                continue
             for output in step.get("Properties", {}).get("ProcessingOutputConfig", {}).get("Outputs", []):
                 uri = output.get("S3Output", {}).get("S3Uri")
                 if not uri:
@@ -171,6 +182,159 @@ class RunData:
         return rows
 
 
+    def definition(self) -> dict:
+        """The definition JSON the execution ran (``<run_dir>/definition.json``), else {}."""
+        path = self.run_dir / "definition.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+
+# -- step details ------------------------------------------------------------------------------------------------
+def _step_detail(data: RunData, step: dict) -> str:
+    """What the step produced, in one line (empty when nothing can be said); see the module docstring."""
+    kind, name = step.get("StepType"), step["StepName"]
+    if step.get("StepStatus") != "Succeeded":
+        return ""
+    try:
+        if kind == "Processing":
+            return _processing_detail(data, name)
+        if kind == "Tuning":
+            trials = [j for j in step.get("Jobs", []) if j.get("TunedHyperParameters")]
+            scored = [t for t in trials if isinstance(t.get("ObjectiveValue"), (int, float))]
+            best = max(scored, key=lambda t: t["ObjectiveValue"]) if scored else None
+            done = sum(1 for t in trials if t.get("Status") == "Completed")
+            text = f"{len(trials)} trials ({done} completed)"
+            return text + (f"; best {best['JobName']}: objective {best['ObjectiveValue']:.4f}" if best else "")
+        if kind == "Training":
+            epochs = data.output_json("history.json").get("epochs") or []
+            if epochs:
+                last = epochs[-1]
+                return (f"{len(epochs)} epochs; last: validation accuracy {_plain(last.get('validation_accuracy'))}, "
+                        f"validation loss {_plain(last.get('validation_loss'))}, train loss "
+                        f"{_plain(last.get('train_loss'))}")  # fmt: skip
+        if kind == "Condition":
+            return _condition_detail(data, step)
+    except (Unavailable, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
+    return ""
+
+
+def _processing_detail(data: RunData, name: str) -> str:
+    for file_name, describe in ((schemas.DEBUG_FILE, _debug_detail), (schemas.EVALUATION_FILE, _evaluation_detail),
+                                ("manifest.json", _split_detail)):  # fmt: skip
+        try:
+            return describe(data.processing_file(file_name, name))
+        except Unavailable:
+            continue
+    return ""
+
+
+def _split_detail(manifest: dict) -> str:
+    totals = manifest.get("totals") or {}
+    shown = ", ".join(f"{split} {count}" for split, count in totals.items())
+    return (f"{sum(totals.values())} images of {len(manifest.get('classes', []))} classes: {shown}; "
+            f"rejected {manifest.get('rejected', 0)}")
+
+
+def _debug_detail(report: dict) -> str:
+    summary = report.get("summary", {})
+    found = summary.get("issues_found") or []
+    return (f"issues found: {', '.join(found) or 'none'}; blocking issues: {summary.get('blocking_issues_found', '?')}"
+            + (f"; rule errors: {', '.join(summary['errors'])}" if summary.get("errors") else ""))
+
+
+def _evaluation_detail(evaluation: dict) -> str:
+    metrics = evaluation.get(schemas.METRICS_SECTION) or {}
+    shown = [f"{k} {_plain(v.get('value'))}" for k, v in metrics.items() if isinstance(v, dict)][:3]
+    return "test " + ", ".join(shown) if shown else ""
+
+
+_OPERATORS = {"GreaterThanOrEqualTo": ">=", "GreaterThan": ">", "LessThanOrEqualTo": "<=", "LessThan": "<",
+              "Equals": "=="}  # fmt: skip
+
+
+def _condition_detail(data: RunData, step: dict) -> str:
+    """``accuracy 0.976 >= AccuracyThreshold 0.9: True; blocking_issues_found 0 == 0: True -> if branch``: the
+    ConditionStep's conditions from definition.json, their operands evaluated as the executor did."""
+    from pipeline.local import expressions
+
+    spec = next((s for s in data.definition().get("Steps", []) if s.get("Name") == step["StepName"]), None)
+    if spec is None:
+        return ""
+    context = _expression_context(data)
+    parts = []
+    for condition in spec.get("Arguments", {}).get("Conditions", []):
+        operator = _OPERATORS.get(condition.get("Type"))
+        if operator is None:
+            parts.append(f"{condition.get('Type')}: {expressions.evaluate_condition(condition, context)}")
+            continue
+        left = expressions.evaluate(condition["LeftValue"], context)
+        right = expressions.evaluate(condition["RightValue"], context)
+        outcome = expressions.evaluate_condition(condition, context)
+        parts.append(f"{_operand(condition['LeftValue'])} {_plain(left)} {operator} "
+                     f"{_operand(condition['RightValue'])}{_plain(right)}: {outcome}")  # fmt: skip
+    outcome = step.get("Properties", {}).get("Outcome")
+    return "; ".join(parts) + (f" (outcome {outcome})" if outcome is not None else "")
+
+
+def _operand(value: Any) -> str:
+    """A short name for a condition operand: a JsonGet's last path part, a parameter's name; '' for a literal."""
+    if isinstance(value, dict):
+        if "Std:JsonGet" in value:
+            path = str(value["Std:JsonGet"].get("Path", ""))
+            parts = [p for p in path.split(".") if p not in ("value", METRICS_KEY)]
+            return parts[-1] if parts else path
+        if "Get" in value and str(value["Get"]).startswith("Parameters."):
+            return str(value["Get"]).removeprefix("Parameters.") + " "
+    return ""
+
+
+METRICS_KEY = schemas.METRICS_SECTION
+
+
+def _expression_context(data: RunData):
+    """An expressions.Context over the recorded execution: parameters, step properties, property files."""
+    from pipeline.local import expressions
+
+    steps = {s["StepName"]: s for s in data.steps}
+    definition = {s.get("Name"): s for s in _all_steps(data.definition().get("Steps", []))}
+
+    def step_properties(name: str) -> dict:
+        if name not in steps or not steps[name].get("Properties"):
+            raise expressions.ExpressionError(f"step {name} has no recorded properties")
+        return steps[name]["Properties"]
+
+    def property_file(step_name: str, file_name: str) -> Any:
+        spec = next((p for p in definition.get(step_name, {}).get("PropertyFiles") or []
+                     if p["PropertyFileName"] == file_name), None)  # fmt: skip
+        if spec is None:
+            raise expressions.ExpressionError(f"step {step_name} declares no PropertyFile {file_name!r}")
+        outputs = step_properties(step_name).get("ProcessingOutputConfig", {}).get("Outputs", [])
+        output = next(o for o in outputs if o.get("OutputName") == spec["OutputName"])
+        return json.loads(data.local(f"{output['S3Output']['S3Uri'].rstrip('/')}/{spec['FilePath']}").read_text())
+
+    return expressions.Context(parameters=data.record.get("Parameters") or {}, step_properties=step_properties,
+                               property_file=property_file, read_json=lambda uri: json.loads(
+                                   data.local(uri).read_text()))  # fmt: skip
+
+
+def _all_steps(steps: list[dict]) -> list[dict]:
+    """Every step of a definition, the ones inside a ConditionStep's branches included."""
+    found = []
+    for step in steps:
+        found.append(step)
+        arguments = step.get("Arguments", {}) if step.get("Type") == "Condition" else {}
+        found.extend(_all_steps(arguments.get("IfSteps", []) + arguments.get("ElseSteps", [])))
+    return found
+
+
+def _plain(value: Any) -> str:
+    """A number as the report shows it (4 significant digits for small floats, 4 decimals otherwise)."""
+    return html.unescape(_number(value))
+
+
 # -- sections ----------------------------------------------------------------------------------------------------
 def _cache_source(step: dict) -> str:
     """``from <execution id>`` for a cache hit (CacheHitResult.SourcePipelineExecutionArn), else empty."""
@@ -185,7 +349,7 @@ def _steps_section(data: RunData) -> str:
     rows = []
     for step in steps:
         duration = step.get("DurationSeconds")
-        detail = step.get("FailureReason") or step.get("Detail") or ""
+        detail = step.get("FailureReason") or _step_detail(data, step) or step.get("Detail") or ""
         rows.append([
             html.escape(step["StepName"]), html.escape(step.get("StepType", "")), _badge(step.get("StepStatus", "")),
             f"{duration:.1f} s" if isinstance(duration, (int, float)) else "-",
@@ -193,6 +357,38 @@ def _steps_section(data: RunData) -> str:
         ])  # fmt: skip
     table = _table(["step", "type", "status", "duration", "cache hit", "detail"], rows)
     return _img(_plot_step_graph(steps), "step graph") + table
+
+
+def _data_section(data: RunData) -> str:
+    manifest = data.processing_file("manifest.json")
+    counts = manifest.get("counts") or {}
+    splits = list(manifest.get("totals") or {})
+    if not counts or not splits:
+        raise Unavailable("manifest.json holds no counts")
+    rows = [[html.escape(name)] + [str(counts[name].get(split, 0)) for split in splits]
+            + [str(sum(counts[name].get(split, 0) for split in splits))] for name in manifest.get("classes", counts)]
+    totals = manifest["totals"]
+    rows.append(["<b>all</b>"] + [f"<b>{totals[split]}</b>" for split in splits] + [f"<b>{sum(totals.values())}</b>"])
+    parts = [_table(["class", *splits, "all"], rows)]
+    notes = [*manifest.get("warnings", [])]
+    if manifest.get("empty_classes"):
+        notes.append(f"class folders without a usable image (left out): {', '.join(manifest['empty_classes'])}")
+    if manifest.get("ignored"):
+        notes.append(f"{len(manifest['ignored'])} hidden file(s) ignored")
+    parts.extend(f"<p class='small'>{html.escape(note)}</p>" for note in notes)
+    try:
+        rejected = data.processing_file("rejected.json")
+    except Unavailable as why:
+        parts.append(_unavailable("rejected files", str(why)))
+    else:
+        if rejected:
+            rows = [[html.escape(str(item.get("path", ""))), html.escape(str(item.get("reason", "")))]
+                    for item in rejected]  # fmt: skip
+            parts.append(f"<h3>Rejected files ({len(rejected)})</h3>" + _table(["file", "reason"], rows))
+        else:
+            parts.append("<p class='small'>rejected files: none (every file under a class folder is an image the "
+                         "split could read)</p>")
+    return "\n".join(parts)
 
 
 def _tuning_section(data: RunData) -> str:
@@ -210,7 +406,7 @@ def _tuning_section(data: RunData) -> str:
         mark = " &#9733; best" if trial is best else ""
         value = trial.get("ObjectiveValue")
         rows.append([html.escape(str(trial.get("JobName", ""))) + mark, _badge(trial.get("Status", ""))]
-                    + [html.escape(str(trial["TunedHyperParameters"].get(n, "")).strip('"')) for n in names]
+                    + [html.escape(_short(trial["TunedHyperParameters"].get(n, ""))) for n in names]
                     + [f"{value:.4f}" if isinstance(value, (int, float)) else "-"])  # fmt: skip
     plot = _img(_plot_tuning(scored, names, best), "tuning trials") if scored else "<p>no trial has an objective</p>"
     return plot + _table(["trial", "status", *names, "objective"], rows)
@@ -224,9 +420,21 @@ def _training_section(data: RunData) -> str:
     keys = ["train_loss", "validation_loss", "train_accuracy", "validation_accuracy", "lr", "epoch_seconds"]
     rows = [[str(e.get("epoch", i + 1))] + [_number(e.get(k)) for k in keys] for i, e in enumerate(epochs)]
     hyper = history.get("hyperparameters") or {}
-    shown = ", ".join(f"{html.escape(str(k))}={html.escape(str(v))}" for k, v in sorted(hyper.items()))
+    shown = ", ".join(f"{html.escape(str(k))}={html.escape(_short(v))}" for k, v in sorted(hyper.items()))
     hyper_html = f"<p class='small'>{shown}</p>" if hyper else ""
     return _img(_plot_history(epochs), "loss and accuracy per epoch") + hyper_html + _table(["epoch", *keys], rows)
+
+
+def _short(value: Any) -> str:
+    """A hyperparameter as a reader wants it: ``'"0.051392370149008416"'`` -> ``0.05139``; other text unchanged."""
+    text = str(value).strip('"')
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if number.is_integer() and "." not in text and "e" not in text.lower():
+        return text
+    return f"{number:.4g}"
 
 
 def _rules_section(data: RunData) -> str:
@@ -241,12 +449,47 @@ def _rules_section(data: RunData) -> str:
     rows = []
     for name, result in rules.items():
         evidence = result.get("evidence") or {}
+        status = result.get("status", "")
+        blocking = bool(result.get("blocking"))
+        # a non-blocking IssuesFound is a warning (amber): red is kept for what stops the pipeline
+        colour = STATUS_COLOURS.get(status) if blocking or status != schemas.ISSUES_FOUND else WARNING_COLOUR
         rows.append([
-            html.escape(name) + (" <span class='small'>(blocking)</span>" if result.get("blocking") else ""),
-            _badge(result.get("status", "")),
-            _evidence_html(result.get("status", ""), evidence),
+            html.escape(name), _badge(status, colour), html.escape(_why(status, evidence)),
+            ("<b>yes</b>: fails the quality gate" if status == schemas.ISSUES_FOUND else "yes")
+            if blocking else "no (a warning)" if status == schemas.ISSUES_FOUND else "no",
+            _evidence_html(status, evidence),
         ])  # fmt: skip
-    return head + _table(["rule", "verdict", "evidence"], rows)
+    return head + _table(["rule", "verdict", "why", "blocks the gate", "evidence"], rows)
+
+
+def _why(status: str, evidence: dict) -> str:
+    """One sentence on why the rule reached ``status``: the first violation (or the closest call) as value against
+    threshold at a step, or the reason a rule could not judge."""
+    focus = evidence.get("first") if status == schemas.ISSUES_FOUND else evidence.get("closest")
+    if not focus and "value" in evidence and "threshold" in evidence:  # rules that judge one aggregate value
+        focus = evidence
+    for key in ("reason", "message"):
+        if not focus and evidence.get(key):
+            return str(evidence[key])
+    if not focus:
+        return ""
+    where = f"at step {focus['step']}" if "step" in focus else ""
+    if focus.get("mode"):
+        where += f" ({focus['mode']}" + (f" step {focus['mode_step']})" if "mode_step" in focus else ")")
+    what = str(focus.get("tensor") or focus.get("check") or "value")
+    value, threshold = focus.get("value"), focus.get("threshold")
+    if "decrease_percent" in focus:  # LossNotDecreasing: the drop of the window mean is what is judged
+        what, value = f"{what} fell {_plain(focus['decrease_percent'])}% (needs more than", None
+        return f"{what} {_plain(threshold)}%) {where}".strip()
+    if status == schemas.ISSUES_FOUND:
+        text = f"{what} {_plain(value)} crossed the threshold {_plain(threshold)} {where}".strip()
+    else:
+        text = f"closest call: {what} {_plain(value)} against threshold {_plain(threshold)} {where}".strip()
+    if focus.get("issue"):
+        text += f": {focus['issue']}"
+    if evidence.get("violations"):
+        text += f" ({evidence['violations']} violation(s))"
+    return text
 
 
 def _utilization_section(data: RunData) -> str:
@@ -292,7 +535,8 @@ def _package_section(data: RunData) -> str:
         properties = registered[-1]["Properties"]
         keys = ["ModelPackageArn", "ModelPackageGroupName", "ModelPackageVersion", "ModelApprovalStatus",
                 "CreationTime"]  # fmt: skip
-        rows = [[k, html.escape(str(properties[k]))] for k in keys if k in properties]
+        rows = [[k, html.escape(_time(properties[k]) if k == "CreationTime" else str(properties[k]))]
+                for k in keys if k in properties]  # fmt: skip
         containers = properties.get("InferenceSpecification", {}).get("Containers", [])
         for i, container in enumerate(containers):
             for k in ("Image", "ModelDataUrl"):
@@ -305,7 +549,11 @@ def _package_section(data: RunData) -> str:
     deploy = [s for s in data.steps_of("Lambda") if s.get("Properties")]
     if deploy:
         outputs = deploy[-1]["Properties"].get("OutputParameters") or {}
-        rows = [[html.escape(k), html.escape(str(v))] for k, v in outputs.items()]
+        rows = [[html.escape(k), html.escape(str(v)) + (" (during the deploy step)" if k == "status" else "")]
+                for k, v in outputs.items()]  # fmt: skip
+        if outputs.get("endpoint_url"):
+            rows.append(["endpoint now", html.escape(_endpoint_now(outputs["endpoint_url"],
+                                                                   deploy[-1]["Properties"].get("ServeCommand")))])
         if deploy[-1]["Properties"].get("Reason"):
             rows.append(["reason", html.escape(deploy[-1]["Properties"]["Reason"])])
         badge = _badge(deploy[-1].get("StepStatus", ""))
@@ -325,6 +573,26 @@ def _package_section(data: RunData) -> str:
         parts.append(_unavailable("endpoint answers", f"{ENDPOINT_ANSWERS_FILE} is not in {data.run_dir} "
                                   "(written by run-local --demo after it queries the endpoint)"))  # fmt: skip
     return "\n".join(parts)
+
+
+def _time(value: Any) -> str:
+    """An epoch number (seconds, as boto3's DescribeModelPackage JSON holds it) as UTC ISO 8601; text unchanged."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)
+
+
+def _endpoint_now(url: str, serve_command: str | None) -> str:
+    """The local endpoint's state when the report is written: GET /ping on loopback (1 s), as SageMaker's health
+    check does; a local endpoint stops when its deploy step ends, so this usually says it is stopped."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/ping", timeout=1.0) as response:  # noqa: S310 (loopback)
+            if response.status == 200:
+                return f"InService: {url} answers /ping"
+    except OSError:
+        pass
+    again = f"; serve it again with: {serve_command}" if serve_command else ""
+    return f"stopped: {url} does not answer /ping (a local endpoint stops with its step){again}"
 
 
 def _why_not_registered(data: RunData) -> str:
@@ -359,6 +627,9 @@ def _png(fig) -> str:
 
 
 def _plot_step_graph(steps: list[dict]) -> str:
+    """Steps left to right by dependency depth; within a column, ordered by their parents' rows (fewer crossings).
+    Arrows run from the right edge of a parent's box to the left edge of its child's: anchored to the labels and
+    shortened by the box padding (0.4 x 8 pt), so they touch the boxes whatever the label's width."""
     names = [s["StepName"] for s in steps]
     parents = {s["StepName"]: [d for d in s.get("DependsOn") or [] if d in names] for s in steps}
     for s in steps:
@@ -375,30 +646,33 @@ def _plot_step_graph(steps: list[dict]) -> str:
     layers: dict[int, list[str]] = {}
     for name in names:
         layers.setdefault(level(name), []).append(name)
-    width = max(len(layers) * 2.6, 6)
-    height = max(max(len(v) for v in layers.values()) * 1.0, 2.2)
-    fig, ax = _figure(width, height)
-    position = {}
-    for x, layer in layers.items():
-        for i, name in enumerate(layer):
-            position[name] = (x, (len(layer) - 1) / 2 - i)
-    for child, ps in parents.items():
-        for parent in ps:
-            (x0, y0), (x1, y1) = position[parent], position[child]
-            ax.annotate("", xy=(x1 - 0.42, y1), xytext=(x0 + 0.42, y0),
-                        arrowprops={"arrowstyle": "->", "color": "#555", "lw": 1.2})  # fmt: skip
+    row: dict[str, float] = {}
+    for x in sorted(layers):  # barycentre ordering: each step near the mean row of its parents
+        order = {n: i for i, n in enumerate(layers[x])}
+        layers[x].sort(key=lambda n: (sum(row[p] for p in parents[n]) / len(parents[n]) if parents[n] else 0.0,
+                                      order[n]))  # fmt: skip
+        for i, name in enumerate(layers[x]):
+            row[name] = (len(layers[x]) - 1) / 2 - i
+    tallest = max(len(v) for v in layers.values())
+    fig, ax = _figure(max(len(layers) * 2.3, 6), max(tallest * 1.0, 2.0))
+    ax.set_xlim(-0.7, max(layers) + 0.7)
+    ax.set_ylim(-tallest / 2 - 0.1, tallest / 2 + 0.1)
+    ax.axis("off")
     by_name = {s["StepName"]: s for s in steps}
-    for name, (x, y) in position.items():
+    boxes = {}
+    for name in names:
         step = by_name[name]
         colour = STATUS_COLOURS.get(step.get("StepStatus", ""), "#607d8b")
         duration = step.get("DurationSeconds")
         took = f" {duration:.0f}s" if isinstance(duration, (int, float)) else ""
-        label = f"{name}\n{step.get('StepStatus', '')}{took}"
-        ax.text(x, y, label, ha="center", va="center", fontsize=9, color="white",
-                bbox={"boxstyle": "round,pad=0.4", "fc": colour, "ec": "none"})  # fmt: skip
-    ax.set_xlim(-0.7, max(layers) + 0.7)
-    ax.set_ylim(-max(len(v) for v in layers.values()) / 2 - 0.3, max(len(v) for v in layers.values()) / 2 + 0.3)
-    ax.axis("off")
+        boxes[name] = ax.text(level(name), row[name], f"{name}\n{step.get('StepStatus', '')}{took}", ha="center",
+                              va="center", fontsize=8, color="white", zorder=2,
+                              bbox={"boxstyle": "round,pad=0.4", "fc": colour, "ec": "none"})  # fmt: skip
+    for child, ps in parents.items():
+        for parent in ps:
+            ax.annotate("", xy=(0, 0.5), xycoords=boxes[child], xytext=(1, 0.5), textcoords=boxes[parent],
+                        arrowprops={"arrowstyle": "-|>", "color": "#555", "lw": 1.1, "shrinkA": 3.5, "shrinkB": 3.5,
+                                    "connectionstyle": "arc3,rad=0.0"}, zorder=1)  # fmt: skip
     return _png(fig)
 
 
@@ -537,8 +811,8 @@ def _unavailable(what: str, why: str) -> str:
     return f"<p class='na'>{html.escape(what)}: not available &mdash; {html.escape(why)}</p>"
 
 
-def _badge(status: str) -> str:
-    colour = STATUS_COLOURS.get(status, "#607d8b")
+def _badge(status: str, colour: str | None = None) -> str:
+    colour = colour or STATUS_COLOURS.get(status, "#607d8b")
     return f"<span class='badge' style='background:{colour}'>{html.escape(status or '?')}</span>"
 
 

@@ -52,7 +52,9 @@ def list_images(folder: Path, limit: int = MAX_IMAGES) -> list[tuple[str, bytes,
 
 @dataclass
 class LoadReport:
-    """What one load run measured. Latencies in milliseconds, one per completed request."""
+    """What one load run measured. Latencies in milliseconds, one per answered request (any HTTP status); a request
+    that got no answer (connection refused, timeout) counts in ``statuses`` under its exception name only, so that
+    requests/s and latencies describe the endpoint, not how fast a closed port refuses."""
 
     url: str
     concurrency: int
@@ -67,8 +69,14 @@ class LoadReport:
         return sum(self.statuses.values())
 
     @property
+    def answered(self) -> int:
+        """Requests that got an HTTP answer (statuses are numbers; unanswered ones are exception names)."""
+        return sum(count for status, count in self.statuses.items() if status.isdigit())
+
+    @property
     def requests_per_s(self) -> float:
-        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+        """Answered requests per second."""
+        return self.answered / self.duration_s if self.duration_s > 0 else 0.0
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -78,7 +86,7 @@ class LoadReport:
         return sum(count for status, count in self.statuses.items() if status != "200")
 
     def as_dict(self) -> dict:
-        return {"url": self.url, "concurrency": self.concurrency, "requests": self.requests,
+        return {"url": self.url, "concurrency": self.concurrency, "requests": self.requests, "answered": self.answered,
                 "duration_s": round(self.duration_s, 3), "requests_per_s": round(self.requests_per_s, 2),
                 "latency_ms": {f"p{q}": round(self.percentile(q), 2) for q in (50, 95, 99)},
                 "statuses": dict(sorted(self.statuses.items())), "errors": self.errors,
@@ -107,11 +115,11 @@ async def _run(url: str, images: list, concurrency: int, requests: int, duration
             try:
                 response = await client.post(url, content=body, params=params,
                                              headers={"Content-Type": content_type, "Accept": "application/json"})
-                status = str(response.status_code)
             except httpx.HTTPError as error:
-                status = type(error).__name__
+                report.statuses[type(error).__name__] += 1
+                continue
             report.latencies_ms.append((time.perf_counter() - began) * 1000.0)
-            report.statuses[status] += 1
+            report.statuses[str(response.status_code)] += 1
 
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         stats_url = url.rsplit("/invocations", 1)[0] + "/stats"
@@ -184,10 +192,14 @@ def print_report(report: LoadReport, console=None) -> None:
     table.add_row("concurrency", str(report.concurrency))
     table.add_row("requests", f"{report.requests}" + (" (stopped by --duration-limit)" if report.stopped_by_time
                                                        else ""))
+    table.add_row("answered", str(report.answered))
     table.add_row("duration", f"{report.duration_s:.2f} s")
-    table.add_row("requests/s", f"{report.requests_per_s:.1f}")
-    for q in (50, 95, 99):
-        table.add_row(f"latency p{q}", f"{report.percentile(q):.1f} ms")
+    if report.answered:
+        table.add_row("requests/s (answered)", f"{report.requests_per_s:.1f}")
+        for q in (50, 95, 99):
+            table.add_row(f"latency p{q}", f"{report.percentile(q):.1f} ms")
+    else:
+        table.add_row("requests/s, latency", "none: no request was answered (is the endpoint running?)")
     for status, count in sorted(report.statuses.items()):
         table.add_row(f"status {status}", str(count))
     if report.server_stats and report.server_stats.get("batches"):

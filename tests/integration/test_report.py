@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import tarfile
@@ -20,7 +21,7 @@ from pipeline.local.report import write_report  # noqa: E402
 
 BUCKET = "local-bucket"
 JOB = "pipe-train-abc123"
-SECTIONS = ("Steps", "Tuning trials", "Training", "Debugger and profiler rules", "Utilization", "Evaluation",
+SECTIONS = ("Steps", "Data", "Tuning trials", "Training", "Debugger and profiler rules", "Utilization", "Evaluation",
             "Model package and endpoint")  # fmt: skip
 
 
@@ -83,14 +84,21 @@ def build_run(tmp_path) -> tuple:
         return {"ProcessingOutputConfig": {"Outputs": [{"OutputName": n, "S3Output": {"S3Uri": f"s3://{BUCKET}/{k}"}}
                                                        for n, k in pairs]}}  # fmt: skip
 
-    tried = [(0.01, 32, 0.81), (0.1, 64, 0.93), (0.3, 32, 0.62)]
+    write_json(store / BUCKET / "pipe/split/manifest/manifest.json", {
+        "classes": labels, "counts": {label: {"train": 24, "validation": 3, "test": 3} for label in labels},
+        "totals": {"train": 72, "validation": 9, "test": 9}, "rejected": 1, "ignored": [], "empty_classes": [],
+        "warnings": []})  # fmt: skip
+    write_json(store / BUCKET / "pipe/split/manifest/rejected.json",
+               [{"path": "2/broken.png", "reason": "not an image PIL can read (unknown or corrupt format)"}])
+    tried = [(0.01, 32, 0.81), (0.051392370149008416, 64, 0.93), (0.3, 32, 0.62)]
     trials = [{"JobName": f"tune-{i:03d}", "JobType": "TrainingJob", "Status": "Completed",
                "TunedHyperParameters": {"lr": str(lr), "batch-size": str(bs)}, "ObjectiveValue": objective}
               for i, (lr, bs, objective) in enumerate(tried)]  # fmt: skip
     package_arn = "arn:aws:sagemaker:us-east-1:000000000000:model-package/digits/1"
     container = {"Image": "pytorch-inference:2.3", "ModelDataUrl": "s3://b/model.tar.gz"}
     steps = [
-        ("Split", "Processing", [], outputs(("train", "pipe/split/train"), ("test", "pipe/split/test"))),
+        ("Split", "Processing", [], outputs(("train", "pipe/split/train"), ("test", "pipe/split/test"),
+                                            ("manifest", "pipe/split/manifest"))),
         ("Tune", "Tuning", ["Split"], {"BestTrainingJob": {"TrainingJobName": "tune-001"}}),
         ("Train", "Training", ["Tune"], {"TrainingJobName": JOB,
                                          "ModelArtifacts": {"S3ModelArtifacts": f"s3://{BUCKET}/pipe/models/{JOB}/output/model.tar.gz"},
@@ -100,19 +108,39 @@ def build_run(tmp_path) -> tuple:
         ("Gate", "Condition", ["Debug", "Evaluate"], {"Outcome": "True"}),
         ("Register", "RegisterModel", ["Gate"], {"ModelPackageArn": package_arn, "ModelPackageGroupName": "digits",
                                                  "ModelPackageVersion": 1, "ModelApprovalStatus": "Approved",
+                                                 "CreationTime": 1764064800.25,
                                                  "InferenceSpecification": {"Containers": [container]}}),
-        ("Deploy", "Lambda", ["Register"], {"OutputParameters": {"endpoint_name": "digits", "status": "InService"}}),
+        ("Deploy", "Lambda", ["Register"], {"OutputParameters": {"endpoint_name": "digits", "status": "InService",
+                                                                 "endpoint_url": "http://127.0.0.1:9"},
+                                            "ServeCommand": "python -m pipeline serve --model latest"}),
     ]  # fmt: skip
     record = {
         "PipelineName": "digits-pipeline", "PipelineExecutionId": "exec-1", "PipelineExecutionStatus": "Succeeded",
         "CreationTime": "2026-11-25T10:00:00.000+00:00", "EndTime": "2026-11-25T10:05:00.000+00:00",
-        "Parameters": {"TrainInstanceType": "ml.m5.xlarge"}, "Store": str(store),
+        "Parameters": {"TrainInstanceType": "ml.m5.xlarge", "AccuracyThreshold": 0.85}, "Store": str(store),
         "Steps": [{"StepName": name, "StepType": kind, "DependsOn": deps, "StepStatus": "Succeeded",
                    "DurationSeconds": 12.5, "Properties": properties, "Detail": "",
                    "Jobs": trials if kind == "Tuning" else [], "Branch": None}
                   for name, kind, deps, properties in steps],
     }  # fmt: skip
     write_json(run_dir / "execution.json", record)
+
+    def json_get(step, file, path):
+        return {"Std:JsonGet": {"Path": path, "PropertyFile": {"Get": f"Steps.{step}.PropertyFiles.{file}"}}}
+
+    # the quality gate as steps/gate.py writes it (the report evaluates its operands to show the comparison)
+    write_json(run_dir / "definition.json", {"Steps": [
+        {"Name": "Debug", "Type": "Processing",
+         "PropertyFiles": [{"FilePath": "debug.json", "OutputName": "debug", "PropertyFileName": "DebugReport"}]},
+        {"Name": "Evaluate", "Type": "Processing",
+         "PropertyFiles": [{"FilePath": "evaluation.json", "OutputName": "evaluation",
+                            "PropertyFileName": "EvaluationReport"}]},
+        {"Name": "Gate", "Type": "Condition", "Arguments": {"Conditions": [
+            {"Type": "GreaterThanOrEqualTo", "RightValue": {"Get": "Parameters.AccuracyThreshold"},
+             "LeftValue": json_get("Evaluate", "EvaluationReport", "multiclass_classification_metrics.accuracy.value")},
+            {"Type": "Equals", "RightValue": 0,
+             "LeftValue": json_get("Debug", "DebugReport", "summary.blocking_issues_found")}],
+            "IfSteps": [], "ElseSteps": []}}]})  # fmt: skip
     write_json(run_dir / "endpoint.json", [{"image": "test/3/a.png", "true_label": "3", "predicted": "3",
                                             "probability": 0.97, "status": 200}])  # fmt: skip
     return run_dir, debug
@@ -147,6 +175,40 @@ def test_report_renders_every_section_self_contained(tmp_path):
         assert re.search(rf"{name}.*?{result['status']}", page, re.S), name
     assert "tune-001 &#9733; best" in page  # the trial with the highest objective
     assert "1/1 correct" in page and "model-package/digits/1" in page and "InService" in page
+
+
+def test_report_explains_steps_gate_data_and_verdicts(tmp_path):
+    """Each step says what it produced; the gate shows its comparisons; the data section lists counts and rejects;
+    each rule says why and whether it blocks; times and hyperparameters read as people write them; the deploy's
+    InService sits beside the endpoint's state now."""
+    run_dir, debug = build_run(tmp_path)
+    page = write_report(run_dir).read_text()
+    cells = {row[0]: row for row in re.findall(r"<tr><td>([^<]*)</td><td>[^<]*</td><td>.*?</td><td>[^<]*</td>"
+                                                r"<td>[^<]*</td><td>([^<]*)</td></tr>", page)}  # fmt: skip
+    details = {name: detail for name, detail in cells.values()}
+    assert details["Split"] == "90 images of 3 classes: train 72, validation 9, test 9; rejected 1"
+    assert details["Tune"] == "3 trials (3 completed); best tune-001: objective 0.9300"
+    assert details["Train"].startswith("3 epochs; last: validation accuracy 0.5500")
+    assert details["Evaluate"].startswith("test accuracy 0.9000")
+    assert details["Debug"].startswith("issues found: ")
+    blocking = debug["summary"]["blocking_issues_found"]
+    assert details["Gate"] == (f"accuracy 0.9000 &gt;= AccuracyThreshold 0.8500: True; blocking_issues_found "
+                               f"{blocking} == 0: {blocking == 0} (outcome True)")
+    assert "<td>2/broken.png</td><td>not an image PIL can read (unknown or corrupt format)</td>" in page
+    assert "<tr><td>1</td><td>24</td><td>3</td><td>3</td><td>30</td></tr>" in page  # class 1: train, val, test
+    assert "2025-11-25 10:00:00 UTC" in page and "1764064800" not in page
+    assert "<td>0.05139</td>" in page and "0.051392370149008416" not in page
+    assert "stopped: http://127.0.0.1:9 does not answer /ping" in page
+    for name, result in debug["rules"].items():
+        row = re.search(rf"<tr><td>{name}</td><td>.*?</td><td>(.*?)</td><td>(.*?)</td>", page)
+        assert row, name
+        why, blocks = row.groups()
+        assert blocks.startswith("<b>yes</b>" if result["blocking"] and result["status"] == "IssuesFound" else
+                                 "yes" if result["blocking"] else "no"), (name, blocks)
+        if result["status"] in ("IssuesFound", "NoIssuesFound"):  # the value judged and its limit
+            assert len(re.findall(r"\d+(?:\.\d+)?", why)) >= 2, (name, why)
+        else:  # NotApplicable, Skipped: the reason
+            assert why == html.escape(result["evidence"]["reason"]), (name, why)
 
 
 def test_report_says_why_a_section_is_missing(tmp_path):

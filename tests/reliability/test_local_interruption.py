@@ -111,9 +111,9 @@ def killed_and_resumed(tmp_path_factory):
         others = {"resume": cli("run-local", *common, "--resume", execution_id),
                   "new": cli("run-local", *common, "--definition", str(cut))}
         refused = {name: (process.communicate(timeout=300)[0], process.returncode) for name, process in others.items()}
-        # The tune step's Detail reads "1 done [001:Completed(...)] trial 002 started" while trial 2 runs.
-        wait_for(lambda: "1 done" in step(run_dir, "tune")["Detail"] and "trial 002" in step(run_dir, "tune")[
-            "Detail"], first, "the first trial to finish and the second to start")
+        # The tune step's Detail reads "1 done [001:Completed(...)] trial 2 of 3 started" while trial 2 runs.
+        wait_for(lambda: "1 done" in step(run_dir, "tune")["Detail"] and f"trial 2 of {TRIALS}" in step(
+            run_dir, "tune")["Detail"], first, "the first trial to finish and the second to start")
         time.sleep(2.0)  # into the second trial's start-up and training
         finished = sorted((run_dir / "jobs").glob("*-tune-*-001-*.log"))
         before_kill = {"split": step(run_dir, "split"), "finished": [p.name.removesuffix(".log") for p in finished],
