@@ -24,7 +24,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from imgclf import schemas
+from imgclf import schemas, tracking
 from imgclf.debugger import params
 from imgclf.debugger.runner import DEFAULT_BLOCKING_RULES, evaluate_training_output
 
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     issues = ",".join(summary["issues_found"]) or "-"
     print(f"issues_found={issues} blocking_issues_found={summary['blocking_issues_found']}")
     print(f"wrote {target}")
+    tracking.log_debug_report(report)
     return 0
 
 
