@@ -92,8 +92,12 @@ class JobRun:
         run = cls(uri=uri)
         for key, value in _QUICK_HTTP.items():
             os.environ.setdefault(key, value)
-        # urllib3 logs each HTTP retry as a WARNING; the one warning that matters is ours.
+        # urllib3 logs each HTTP retry as a WARNING; the one warning that matters is ours. The sagemaker-mlflow
+        # plugin's request header provider is active for every URI and logs a WARNING on each request to a
+        # server that is not a SageMaker ARN (it parses the URI as an ARN).
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+        if not uri.startswith("arn:"):
+            logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
         try:
             from mlflow.tracking import MlflowClient
 
