@@ -29,7 +29,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from imgclf import schemas
+from imgclf import schemas, tracking
 from imgclf.debugger import params
 from imgclf.debugger.runner import DEFAULT_BLOCKING_RULES, evaluate_training_output
 
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if summary["blocking_issues_found"]:
         print(f"blocking: {summary['blocking_reason']}")
     print(f"wrote {target}")
+    tracking.log_debug_report(report)
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from imgclf import data, models, presets, schemas
+from imgclf import data, models, presets, schemas, tracking
 from imgclf.hparams import add, quoted
 from imgclf.metrics import binomial_standard_deviation
 
@@ -143,6 +143,7 @@ def main(argv=None) -> int:
                                                   encoding="utf-8")
     print(f"test accuracy={accuracy:.4f} top_{args.top_k}_accuracy={top_k_accuracy:.4f} "
           f"macro_f1={report['macro']['f1']:.4f} on {count} images")
+    tracking.log_evaluation(evaluation)
     return 0
 
 

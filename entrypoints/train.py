@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from imgclf import checkpoint as ckpt
-from imgclf import data, models, precision, presets
+from imgclf import data, models, precision, presets, tracking
 from imgclf.hparams import add, boolean, env_path, quoted
 from imgclf.metrics import format_metric_line
 
@@ -237,6 +237,7 @@ class Training:
             if env.enabled else self.model
         self.start_epoch, self.history = 1, []
         self.debug = self.monitor = None
+        self.run = tracking.JobRun()  # MLflow run of this job (main process only; see main)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -370,6 +371,7 @@ class Training:
             self.save_checkpoint(epoch)
             if self.env.is_main:
                 print(format_metric_line(**record), flush=True)
+                self.run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
 
     # -- outputs -----------------------------------------------------------------------------------------------
     def save_model(self) -> None:
@@ -431,13 +433,20 @@ def main(argv=None) -> int:
               f"classes, validating on {len(training.validation_loader.dataset)}; device={env.device} "
               f"world_size={env.world_size} amp={training.amp_name} channels_last={training.channels_last}",
               flush=True)
+        if env.is_main:
+            training.run = tracking.JobRun.start("TrainingJob")
+            training.run.log_params({k.replace("_", "-"): v for k, v in vars(args).items() if not k.endswith("_dir")})
         training.resume()
         training.start_debugger()
         try:
             training.fit()
+        except BaseException as error:  # a stop (SIGTERM: early stopping, spot) is KILLED, a crash FAILED
+            training.run.end("FAILED" if isinstance(error, Exception) else "KILLED")
+            raise
         finally:
             training.stop_debugger()
         training.save_model()
+        training.run.end()
     except (ValueError, models.WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -2,7 +2,8 @@
 
 Each module of :mod:`pipeline.commands` registers its own sub-commands, so the parts of the project stay apart
 (``data``: sample-data; ``aws``: definition, upsert, start, status, schedule, unschedule, estimate, teardown;
-``local``: run-local; ``serving``: serve, predict, load). ``python -m pipeline <command> --help`` documents each.
+``local``: run-local; ``serving``: serve, predict, load; ``tracking``: tracking-ui).
+``python -m pipeline <command> --help`` documents each.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import sys
 
-COMMAND_MODULES = ("data", "aws", "local", "serving")
+COMMAND_MODULES = ("data", "aws", "local", "serving", "tracking")
 
 
 class UserError(Exception):

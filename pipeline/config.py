@@ -381,6 +381,39 @@ class Estimate(_Model):
     endpoint_hours_per_month: float = Field(730, ge=0)
 
 
+# -- experiment tracking (issue 17) ------------------------------------------------------------------------------
+#: A SageMaker managed MLflow tracking server ARN (the sagemaker-mlflow plugin resolves it to the server's URL).
+MLFLOW_SERVER_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:mlflow-tracking-server/[\w-]+$")
+#: Tracking URI schemes MLflow's client resolves (mlflow.tracking._tracking_service.utils).
+MLFLOW_URI_PATTERN = re.compile(r"^(https?|file|sqlite|postgresql|mysql|mssql|databricks)[:+]")
+
+
+class Tracking(_Model):
+    """MLflow experiment tracking: one parent run per execution, nested runs per job (docs/tracking.md).
+
+    ``mlflow_uri``: in AWS a SageMaker managed MLflow tracking server ARN or any MLflow tracking URI the jobs can
+    reach; ``null`` in local mode means the SQLite store ``<runs>/mlflow.db`` of the workspace. ``experiment``:
+    the MLflow experiment name, default the pipeline name.
+    """
+
+    enabled: bool = True
+    mlflow_uri: str | None = None
+    experiment: str | None = None
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.startswith("arn:") and not MLFLOW_SERVER_ARN_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not an MLflow tracking server ARN "
+                             "(arn:aws:sagemaker:<region>:<account>:mlflow-tracking-server/<name>)")
+        if not value.startswith("arn:") and not MLFLOW_URI_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not an MLflow tracking URI (http(s)://..., sqlite:///..., file:///..., "
+                             "or a SageMaker MLflow tracking server ARN)")
+        return value
+
+
 class Config(_Model):
     """The whole of ``pipeline.yaml`` (see docs/config.md for every key)."""
 
@@ -405,6 +438,7 @@ class Config(_Model):
     security: Security = Field(default_factory=Security)
     tags: dict[str, str] = Field(default_factory=dict)
     estimate: Estimate = Field(default_factory=Estimate)
+    tracking: Tracking = Field(default_factory=Tracking)
 
     _check_role = field_validator("role_arn")(_role_arn)
     _check_names = field_validator("pipeline_name", "model_package_group")(_name)
@@ -441,6 +475,11 @@ class Config(_Model):
         if both:
             raise ValueError(f"{', '.join(both)} both fixed (training.hyperparameters) and tuned (tuning.ranges)")
         return self
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment of this pipeline's runs: ``tracking.experiment`` or the pipeline name."""
+        return self.tracking.experiment or self.pipeline_name
 
     def s3_uri(self, *parts: str) -> str:
         """``s3://<bucket>/<prefix>/<pipeline_name>/<parts...>``: where this pipeline keeps its objects."""

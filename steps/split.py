@@ -11,6 +11,7 @@ from sagemaker.processing import FrameworkProcessor, ProcessingInput, Processing
 from sagemaker.pytorch import PyTorch
 from sagemaker.workflow.steps import ProcessingStep
 
+from pipeline import tracking
 from pipeline.instances import volume_kms_key
 from steps.context import StepContext
 
@@ -42,7 +43,7 @@ def make_processor(ctx: StepContext, step: str) -> FrameworkProcessor:
         tags=ctx.tags,
         network_config=ctx.network_config,
         # Unbuffered output: the job log shows each line as it is printed (local mode streams it too).
-        env={"PYTHONUNBUFFERED": "1"},
+        env={"PYTHONUNBUFFERED": "1", **tracking.job_environment(config, step)},
     )
 
 

@@ -41,6 +41,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep, TuningStep
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.metrics import METRIC_DEFINITIONS
+from pipeline import tracking
 from pipeline.instances import volume_kms_key
 from steps.context import StepContext
 
@@ -168,7 +169,7 @@ def make_estimator(ctx: StepContext, step: str, instance_count, checkpoints: boo
         security_group_ids=network.security_group_ids if network else None,
         enable_network_isolation=config.security.enable_network_isolation,
         encrypt_inter_container_traffic=config.security.encrypt_inter_container_traffic,
-        environment={"PYTHONUNBUFFERED": "1"},
+        environment={"PYTHONUNBUFFERED": "1", **tracking.job_environment(config, step)},
         sagemaker_session=ctx.session,
         tags=ctx.tags,
         **kwargs,

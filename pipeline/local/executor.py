@@ -47,6 +47,7 @@ from pipeline.local.expressions import Context, ExpressionError
 from pipeline.local.jobs import JobContext, JobError, JobResult, run_processing_job, run_training_job
 from pipeline.local.registry import ModelRegistry, RegistryError
 from pipeline.local.store import Store, StoreError, atomic_write_json
+from pipeline.local.tracking import ExecutionRun
 from pipeline.local.tuning import run_tuning_job
 
 SUCCEEDED, FAILED, EXECUTING, STOPPED, SKIPPED, NOT_STARTED = (
@@ -280,6 +281,7 @@ class LocalExecution:
             }
         self.record = record
         self.steps = {step["StepName"]: step for step in record["Steps"]}
+        self.tracking: ExecutionRun | None = None  # the MLflow parent run, opened by run()
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -473,6 +475,7 @@ class LocalExecution:
             for uri, folder in self.options.links.items():
                 self.store.link(folder, uri)
             self.record["Attempts"].append({"StartTime": _now_iso(), "Pid": os.getpid()})
+            self.tracking = ExecutionRun.open(self)
             self.save()
             try:
                 self._schedule()
@@ -553,6 +556,8 @@ class LocalExecution:
             self.record["EndTime"] = _now_iso()
             self.save()
             self._write_summary()
+        if self.tracking is not None:
+            self.tracking.finish(self.record, self.run_dir)
         if self.options.on_event:
             for name in changed:
                 self.options.on_event(name, dict(self.steps[name]))
@@ -584,6 +589,8 @@ class LocalExecution:
         end = time.time()
         outcome.setdefault("Detail", "")
         self.update_step(name, EndTime=_now_iso(), DurationSeconds=round(end - start, 3), **outcome)
+        if self.tracking is not None:
+            self.tracking.step_finished(dict(self.steps[name]))
 
     def job_context(self, threads: int) -> JobContext:
         return JobContext(
@@ -592,6 +599,7 @@ class LocalExecution:
             echo=self.options.echo,
             threads=threads,
             keep_job_dirs=self.options.keep_job_dirs,
+            environment=self.tracking.job_environment() if self.tracking is not None else {},
         )
 
     def _job_record(self, result: JobResult, name_key: str, kind: str) -> dict:

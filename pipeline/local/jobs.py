@@ -279,6 +279,9 @@ class JobContext:
     echo: EchoCallback | None = None
     threads: int = 1
     keep_job_dirs: bool = False
+    #: Set in every job's process, under the definition's own Environment: what the executor adds per execution
+    #: outside the definition (the MLflow parent run, docs/tracking.md), so step cache keys stay the same.
+    environment: dict[str, str] = field(default_factory=dict)
 
     def log_path(self, job_name: str) -> Path:
         return self.jobs_dir / f"{job_name}.log"
@@ -383,7 +386,9 @@ def run_processing_job(
         container_path("/opt/ml/config/resourceconfig.json", root), {"current_host": HOST, "hosts": [HOST]}
     )
     command, cwd = _processing_command(arguments, root)
-    env = _base_env(map_container_paths(arguments.get("Environment") or {}, root), context.threads)
+    env = _base_env(
+        {**context.environment, **map_container_paths(arguments.get("Environment") or {}, root)}, context.threads
+    )
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"# processing job {job_name}: {' '.join(command)}\n")
     returncode, stopped, tail = run_process(
@@ -603,7 +608,7 @@ def run_training_job(
     returncode, stopped, tail = run_process(
         command,
         cwd=code_dir,
-        env=_base_env(env, context.threads),
+        env=_base_env({**context.environment, **env}, context.threads),
         log_path=log_path,
         on_line=context.line_handler(job_name, on_line),
         stop_event=stop_event,

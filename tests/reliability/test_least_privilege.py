@@ -336,3 +336,39 @@ def test_operator_lists_only_the_pipelines_prefix():
     assert len(listing) == 1 and listing[0]["Resource"] == f"arn:aws:s3:::{config.bucket}"
     assert listing[0]["Condition"] == {"StringLike": {"s3:prefix": [f"{config.prefix}/*"]}}
     assert set(listing[0]["Action"]) == {"s3:ListBucket"}
+
+
+#: MlflowClient methods -> the sagemaker-mlflow IAM actions of the REST calls they make (MLflow REST API
+#: https://mlflow.org/docs/latest/api_reference/rest-api.html; actions of Amazon SageMaker with MLflow:
+#: https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonsagemakerwithmlflow.html).
+#: log_dict asks the server for the run's artifact location (GetRun), then writes to the artifact store.
+MLFLOW_ACTIONS = {
+    "get_experiment_by_name": {"GetExperimentByName"}, "create_experiment": {"CreateExperiment"},
+    "create_run": {"CreateRun"}, "log_batch": {"LogBatch"}, "set_terminated": {"UpdateRun"},
+    "update_run": {"UpdateRun"}, "log_dict": {"GetRun"}, "log_artifact": {"GetRun"}, "set_tag": {"SetTag"},
+    "search_runs": {"SearchRuns"},
+}
+
+
+def test_tracking_calls_of_the_jobs_are_granted_to_the_execution_role():
+    """Every MlflowClient call in imgclf/tracking.py (the jobs run as the execution role) maps to a granted
+    sagemaker-mlflow action; a new client method fails here until it is mapped and granted."""
+    source = (ROOT / "entrypoints" / "imgclf" / "tracking.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    methods = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            receiver = ast.unparse(node.func.value)
+            if receiver in ("client", "self.client"):
+                methods.add(node.func.attr)
+            elif node.func.attr == "_call" and node.args and isinstance(node.args[0], ast.Constant):
+                methods.add(node.args[0].value)
+    assert {"create_run", "log_batch", "set_terminated"} <= methods, methods
+    unmapped = methods - set(MLFLOW_ACTIONS)
+    assert not unmapped, f"map these MlflowClient methods to IAM actions: {unmapped}"
+    needed = {f"sagemaker-mlflow:{action}" for method in methods for action in MLFLOW_ACTIONS[method]}
+    document = json.loads((IAM / EXECUTION_POLICY).read_text(encoding="utf-8"))
+    statement = next(s for s in document["Statement"] if s.get("Sid") == "TrackExperimentsInMlflow")
+    assert needed <= set(statement["Action"]), needed - set(statement["Action"])
+    assert ":mlflow-tracking-server/" in statement["Resource"]
+

@@ -1,0 +1,47 @@
+"""Experiment tracking settings shared by the definition builder and the local executor (docs/tracking.md).
+
+The definition carries only static values in each tracked job's ``Environment``: the tracking URI (when
+``tracking.mlflow_uri`` is set), the experiment name and the step's name. SageMaker's step cache key includes a
+training or processing job's ``Environment`` ("Default cache key attributes by pipeline step type",
+https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-default-keys.html), so a per-execution value there (a
+parent run id, the execution ARN) would make every tracked step miss the cache on every execution. The parent run
+is therefore found per execution outside the definition: the local executor creates it and hands its id to each
+job's process (``MLFLOW_PARENT_RUN_ID``); in AWS the jobs' runs carry the job name and step, and the parent run is
+found by the execution ARN tag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
+from imgclf.tracking import ENV_EXPERIMENT, ENV_STEP, ENV_URI
+from pipeline.config import Config
+
+#: Steps whose jobs log to MLflow (split logs nothing worth comparing across executions).
+TRACKED_STEPS = ("tune", "train", "debug", "evaluate")
+#: The local store of a workspace: a SQLite database and an artifact folder in the runs folder.
+LOCAL_DATABASE = "mlflow.db"
+LOCAL_ARTIFACTS = "mlartifacts"
+
+
+def job_environment(config: Config, step: str) -> dict[str, str]:
+    """Environment variables that make the jobs of ``step`` log to MLflow; empty when tracking is off or the
+    step is not tracked. ``MLFLOW_TRACKING_URI`` only when ``tracking.mlflow_uri`` is set (local mode supplies its
+    workspace store to the job's process)."""
+    if not config.tracking.enabled or step not in TRACKED_STEPS:
+        return {}
+    environment = {ENV_EXPERIMENT: config.experiment_name, ENV_STEP: step}
+    if config.tracking.mlflow_uri:
+        environment[ENV_URI] = config.tracking.mlflow_uri
+    return environment
+
+
+def local_tracking_uri(runs: Path) -> str:
+    """``sqlite:///<runs folder>/mlflow.db``: the workspace's local tracking store (absolute path)."""
+    return f"sqlite:///{(Path(runs).resolve() / LOCAL_DATABASE).as_posix()}"
+
+
+def local_artifact_uri(runs: Path) -> str:
+    """``file://<runs folder>/mlartifacts``: where local runs keep their artifacts."""
+    return (Path(runs).resolve() / LOCAL_ARTIFACTS).as_uri()
