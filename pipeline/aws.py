@@ -298,9 +298,16 @@ def _tags(config: Config) -> list[dict[str, str]]:
 def upsert(config: Config) -> UpsertResult:
     """Create or update everything a run needs, in order: the code bundle and runproc scripts in S3 (skipped when
     the content-hashed key is there), the model package group, the deploy Lambda (``deploy.enabled``), then the
-    pipeline itself. Safe to run again. Raises UserError on any AWS error."""
+    pipeline itself. Safe to run again. Raises UserError on any AWS error, and before any AWS call when
+    :func:`pipeline.check.check` finds a constraint the definition breaks (one line per finding).
+    """
     from pipeline.build import build
+    from pipeline.check import check
 
+    findings = check(config)
+    if findings:
+        raise UserError(f"pipeline check found {len(findings)} problem(s); nothing was sent to AWS:\n"
+                        + "\n".join(str(f) for f in findings))
     built = build(config)
     session = clients(config)
     sm = client(session, "sagemaker")
