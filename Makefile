@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export SAGEMAKER_SUPPRESS_V2_WARNING := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint bench definition sample-data clean
+.PHONY: run test lint bench definition sample-data container-check clean
 
 $(STAMP): requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ lint: $(STAMP)
 ## bench: speed and memory, as ratios measured in the same run (writes bench/results/)
 bench: $(STAMP)
 	$(PY) bench/bench.py
+
+## container-check: train/debug/evaluate/inference once under the AWS container's Python 3.12, torch 2.6.0 and
+## torchvision 0.21.0 (tests/container_check.py; not in `test`: the first run downloads a few GB of wheels)
+container-check: $(STAMP)
+	$(PY) tests/container_check.py
 
 definition: $(STAMP)
 	$(PY) -m pipeline definition

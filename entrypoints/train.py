@@ -390,9 +390,12 @@ class Training:
         (model_dir / "model_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
         copy_serving_code(model_dir / "code")
         hyperparameters = {k: v for k, v in vars(self.args).items() if not k.endswith("_dir")}
+        # issue 14: whether the Debugger hook ran, and why not (imgclf.debugger.hook.DebugSession.status)
+        debugger = self.debug.status() if self.debug is not None else {
+            "hook": False, "reason": "--debugger false" if not self.args.debugger else "debugger package missing"}
         (output_dir / "history.json").write_text(
-            json.dumps({"epochs": self.history, "hyperparameters": hyperparameters, "classes": self.classes},
-                       indent=1), encoding="utf-8")
+            json.dumps({"epochs": self.history, "hyperparameters": hyperparameters, "classes": self.classes,
+                        "debugger": debugger}, indent=1), encoding="utf-8")
 
 
 def copy_serving_code(code_dir: Path) -> None:

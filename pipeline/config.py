@@ -94,6 +94,8 @@ INSTANCE_TYPE_PATTERN = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # SageMaker resource names (pipelines, model package groups, endpoints): 1-63 (pipelines 256) alphanumerics and -.
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+#: ``training.weights`` values meaning random initialisation (``imgclf.models.build_model``).
+NO_WEIGHTS = ("none", "", "null", "random")
 
 
 class ConfigError(UserError):
@@ -160,10 +162,16 @@ class Split(_Model):
 
 
 class Training(_Model):
-    """The training script's fixed settings; ``hyperparameters`` go to train.py unchanged."""
+    """The training script's fixed settings; ``hyperparameters`` go to train.py unchanged.
+
+    ``weights``: ``none``, a torchvision weights name (downloaded by the training container) or, with
+    ``weights_uri`` (an S3 object or prefix given to the job as its ``weights`` channel), a ``.pth`` file name in
+    that channel.
+    """
 
     model: str = "resnet18"
     weights: str = "none"
+    weights_uri: str | None = None
     image_size: int = Field(224, ge=8, le=1024)
     hyperparameters: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict)  # noqa: UP007
     checkpoints: bool = True
@@ -175,6 +183,17 @@ class Training(_Model):
     def _known_model(cls, value: str) -> str:
         _check_choice(value, MODEL_NAMES, "model train.py can build")
         return value
+
+    @model_validator(mode="after")
+    def _weights_channel(self) -> Training:
+        if self.weights_uri is None:
+            return self
+        if not self.weights_uri.startswith("s3://") or len(self.weights_uri) <= 5:
+            raise ValueError(f"weights_uri {self.weights_uri!r} is not an S3 URI (s3://bucket/key.pth)")
+        if not is_weights_file(self.weights) or "/" in self.weights:
+            raise ValueError(f"with weights_uri, weights must be the .pth file name in that channel (e.g. "
+                             f"resnet50.pth), got {self.weights!r}")
+        return self
 
     @field_validator("hyperparameters")
     @classmethod
@@ -470,6 +489,21 @@ class Config(_Model):
         return value
 
     @model_validator(mode="after")
+    def _weights_reachable(self) -> Config:
+        # EnableNetworkIsolation "isolates the training container. No inbound or outbound network calls can be
+        # made" (API_CreateTrainingJob.html#sagemaker-CreateTrainingJob-request-EnableNetworkIsolation), so
+        # torchvision cannot download named weights there.
+        weights = self.training.weights
+        named = weights.strip().lower() not in NO_WEIGHTS and not is_weights_file(weights)
+        if named and self.security.enable_network_isolation:
+            raise ValueError(
+                f"training.weights {weights!r} is downloaded by torchvision, but security.enable_network_isolation "
+                "gives the job no internet: save the weights as a .pth state_dict, upload it to S3 and set "
+                "training.weights_uri to its URI and training.weights to its file name"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _static_and_tuned(self) -> Config:
         both = sorted(set(self.training.hyperparameters) & set(self.tuning.ranges))
         if both:
@@ -484,6 +518,11 @@ class Config(_Model):
     def s3_uri(self, *parts: str) -> str:
         """``s3://<bucket>/<prefix>/<pipeline_name>/<parts...>``: where this pipeline keeps its objects."""
         return "/".join(["s3:/", self.bucket, *([self.prefix] if self.prefix else []), self.pipeline_name, *parts])
+
+
+def is_weights_file(weights: str) -> bool:
+    """True for a state_dict file name (``.pth``/``.pt``), as ``imgclf.models.build_model`` tells them apart."""
+    return weights.strip().endswith((".pth", ".pt"))
 
 
 def _check_order(low: float, high: float) -> None:

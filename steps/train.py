@@ -80,10 +80,14 @@ def _text(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def channels(split: ProcessingStep) -> dict[str, TrainingInput]:
-    """``{"train": ..., "validation": ...}`` TrainingInputs on the split step's outputs of the same names."""
+def channels(split: ProcessingStep, weights_uri: str | None = None) -> dict[str, TrainingInput]:
+    """``{"train": ..., "validation": ...}`` TrainingInputs on the split step's outputs of the same names, plus
+    ``weights`` (``SM_CHANNEL_WEIGHTS``: a .pth state_dict, ``training.weights_uri``) when given."""
     outputs = split.properties.ProcessingOutputConfig.Outputs
-    return {name: TrainingInput(s3_data=outputs[name].S3Output.S3Uri) for name in CHANNELS}
+    inputs = {name: TrainingInput(s3_data=outputs[name].S3Output.S3Uri) for name in CHANNELS}
+    if weights_uri:
+        inputs["weights"] = TrainingInput(s3_data=weights_uri)
+    return inputs
 
 
 def _managed_debugger(ctx: StepContext) -> dict:
@@ -183,5 +187,5 @@ def build(ctx: StepContext, split: ProcessingStep, tune: TuningStep) -> Training
     )
     best = tune.properties.BestTrainingJob.TunedHyperParameters
     estimator.set_hyperparameters(**{key: best[key] for key in sorted(ctx.config.tuning.ranges)})
-    step_args = estimator.fit(inputs=channels(split))
+    step_args = estimator.fit(inputs=channels(split, ctx.config.training.weights_uri))
     return TrainingStep(name=STEP_NAME, step_args=step_args, cache_config=ctx.cache)

@@ -103,5 +103,5 @@ def build(ctx: StepContext, split: ProcessingStep) -> TuningStep:
         base_tuning_job_name=ctx.job_name(STEP_NAME),
         tags=ctx.tags,
     )
-    step_args = tuner.fit(inputs=train.channels(split))
+    step_args = tuner.fit(inputs=train.channels(split, ctx.config.training.weights_uri))
     return DeterministicTuningStep(name=STEP_NAME, step_args=step_args, cache_config=ctx.cache)
