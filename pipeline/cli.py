@@ -17,6 +17,18 @@ import sys
 COMMAND_MODULES = ("data", "aws", "local", "serving", "tracking")
 
 
+def make_console():
+    """The ``rich`` Console of every command's output. Off a terminal (a pipe, a file, a CI log) it never wraps:
+    rich would fold lines and table cells at 80 columns, in the middle of a path, an ARN or a URL; tables take their
+    natural width instead. On a terminal, long lines are left to the terminal."""
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 1000)
+    return console
+
+
 class UserError(Exception):
     """A problem the user can fix (bad config, missing file, missing credential): printed without a traceback."""
 
@@ -48,13 +60,21 @@ def _describe(subparsers) -> None:
             sub.description = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
+def configure_logging(verbose: bool) -> None:
+    """INFO lines (DEBUG with ``--verbose``) as bare messages, less the libraries' chatter: one httpx line per HTTP
+    request would bury the results, and matplotlib's "generated new fontManager" (its first import on a machine)
+    says nothing to a user."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    if not verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command. Returns the process exit status (0 ok, 2 user error)."""
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    if not args.verbose:  # one INFO line per HTTP request would bury the results
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except UserError as error:

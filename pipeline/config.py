@@ -216,12 +216,15 @@ class Training(_Model):
             return self
         from torchvision.models import get_model_weights
 
-        names = [w.name for w in get_model_weights(self.model)]
-        if weights.upper() not in names:
+        enum = get_model_weights(self.model)
+        names = [w.name for w in enum]
+        try:
+            enum[weights.upper()]  # imgclf/models.py's lookup: DEFAULT (an alias) included
+        except KeyError:
             raise ValueError(
                 f"weights {weights!r} are not torchvision weights of {self.model}{_suggest(weights.upper(), names)} "
                 f"(use none, a .pth state_dict: a path or a file in the weights channel, or one of {', '.join(names)})"
-            )
+            ) from None
         return self
 
 

@@ -172,5 +172,9 @@ def run(args: argparse.Namespace) -> int:
     if args.demo:
         demo_status = run_demo(record, execution.definition, execution.store, execution.run_dir, console=console)
         status = status or demo_status
+        if not demo_status:
+            store = "" if args.store == Path(".store") else f" --store {args.store}"
+            console.print(f"keep serving this model with: python -m pipeline serve --model latest{store}",
+                          highlight=False)  # fmt: skip
     sys.stdout.flush()
     return status

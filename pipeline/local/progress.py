@@ -1,12 +1,14 @@
 """The console side of ``run-local``: a live table of steps (status, time, epoch or trial detail) and job logs.
 
-On a terminal a ``rich`` Live table redraws in place while job log lines scroll above it; elsewhere (CI, pipes)
-each step change is one plain line. Job log lines are prefixed with the job name; ``logs=False`` hides them
-(they are always in ``runs/<id>/jobs/<job>.log``).
+On a terminal a ``rich`` Live table redraws in place while job log lines scroll above it; elsewhere (pipes, files,
+and CI, where ``CI`` is set as GitHub Actions, GitLab CI, CircleCI and Travis set it) each step change is one plain
+line, and no line is ever wrapped, so paths, ARNs and URLs stay whole and copyable. Job log lines are prefixed with
+the job name; ``logs=False`` hides them (they are always in ``runs/<id>/jobs/<job>.log``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -14,6 +16,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+
+from pipeline.cli import make_console
 
 STYLES = {
     "Succeeded": "green",
@@ -25,13 +29,18 @@ STYLES = {
 }
 
 
+def in_ci() -> bool:
+    """True when ``CI`` is set to anything but false/0 (CI services set ``CI=true``): print plain lines there."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 class ProgressDisplay:
     """Receives ``echo(job, line)`` and ``on_event(step, record)`` from the executor; use as a context manager."""
 
     def __init__(
         self, step_names: list[str], step_types: dict[str, str], *, logs: bool = True, console: Console | None = None
     ):
-        self.console = console or Console()
+        self.console = console or make_console()
         self.logs = logs
         self.rows = {
             name: {"StepStatus": "NotStarted", "StepType": step_types.get(name, ""), "Detail": ""}
@@ -43,7 +52,7 @@ class ProgressDisplay:
             Live(
                 self._table(), console=self.console, refresh_per_second=4, transient=False, get_renderable=self._table
             )
-            if self.console.is_terminal
+            if self.console.is_terminal and not in_ci()
             else None
         )
 

@@ -152,10 +152,11 @@ def predict_sagemaker(endpoint_name: str, images: list[Path], top_k: int = 5,
 
 def print_predictions(predictions: list[Prediction], console=None) -> None:
     """Print one table: image, rank, label, probability (errors in red with their status)."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from pipeline.cli import make_console
+
+    console = console or make_console()
     table = Table(title="predictions")
     for column in ("image", "#", "label", "probability"):
         table.add_column(column, justify="right" if column in ("#", "probability") else "left")

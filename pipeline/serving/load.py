@@ -182,10 +182,11 @@ def is_loopback(url: str) -> bool:
 
 def print_report(report: LoadReport, console=None) -> None:
     """Print the report as one table."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from pipeline.cli import make_console
+
+    console = console or make_console()
     table = Table(title=f"load: {report.url}", show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
