@@ -17,6 +17,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.schemas import EVALUATION_FILE
+from pipeline import tracking
 from steps.context import StepContext
 from steps.evaluate import OUTPUT_NAME as EVALUATION_OUTPUT
 
@@ -59,5 +60,6 @@ def build(ctx: StepContext, train: TrainingStep, evaluate: ProcessingStep) -> Mo
         task="IMAGE_CLASSIFICATION",
         framework="PYTORCH",
         framework_version=config.framework.version,
+        customer_metadata_properties=tracking.model_package_metadata(config),
     )
     return ModelStep(name=STEP_NAME, step_args=step_args)
