@@ -45,3 +45,29 @@ def local_tracking_uri(runs: Path) -> str:
 def local_artifact_uri(runs: Path) -> str:
     """``file://<runs folder>/mlartifacts``: where local runs keep their artifacts."""
     return (Path(runs).resolve() / LOCAL_ARTIFACTS).as_uri()
+
+
+def model_package_metadata(config: Config) -> dict | None:
+    """``CustomerMetadataProperties`` of the registered model package that lead to its MLflow runs: the
+    experiment, the tracking URI when configured, and the execution ARN (an execution variable: the parent run
+    carries it as tag ``sagemaker.pipeline_execution_arn``). None when tracking is off. The RegisterModel step is
+    not cached, so the per-execution value costs no cache hit."""
+    if not config.tracking.enabled:
+        return None
+    from sagemaker.workflow.execution_variables import ExecutionVariables
+
+    metadata = {"mlflow_experiment": config.experiment_name,
+                "pipeline_execution_arn": ExecutionVariables.PIPELINE_EXECUTION_ARN}  # fmt: skip
+    if config.tracking.mlflow_uri:
+        metadata["mlflow_tracking_uri"] = config.tracking.mlflow_uri
+    return metadata
+
+
+def status_line(config: Config) -> str | None:
+    """Where ``status`` says an execution's MLflow runs are (experiment and tracking URI; each job's run is named
+    after the job and tagged ``sagemaker.job_name``); None when tracking is off."""
+    if not config.tracking.enabled:
+        return None
+    where = config.tracking.mlflow_uri or "nowhere (tracking.mlflow_uri is not set: the AWS jobs log nothing)"
+    return (f"MLflow: experiment {config.experiment_name!r} at {where}; one run per job, named after the job "
+            "(tag sagemaker.job_name)")

@@ -24,6 +24,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.schemas import EVALUATION_FILE
+from pipeline import tracking
 from pipeline.instances import is_gpu
 from steps.context import StepContext
 from steps.evaluate import OUTPUT_NAME as EVALUATION_OUTPUT
@@ -94,6 +95,7 @@ def build(ctx: StepContext, train: TrainingStep, evaluate: ProcessingStep) -> Mo
         task="IMAGE_CLASSIFICATION",
         framework="PYTORCH",
         framework_version=config.framework.version,
+        customer_metadata_properties=tracking.model_package_metadata(config),
     )
     if other_realtime or other_transform:
         request = step_args.create_model_package_request

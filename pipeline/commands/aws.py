@@ -240,7 +240,7 @@ def cmd_status(args) -> int:
     """Show the execution; exit 0 unless ``--watch`` ends on a failed or stopped execution."""
     from rich.console import Console
 
-    from pipeline import aws
+    from pipeline import aws, tracking
 
     config = _config(args)
     if args.watch:
@@ -252,6 +252,9 @@ def cmd_status(args) -> int:
         print(json.dumps(asdict(execution), indent=2, sort_keys=True))
     else:
         Console().print(_table(execution))
+        line = tracking.status_line(config)
+        if line:
+            print(line)
     return 0
 
 

@@ -791,9 +791,19 @@ def _header(record: dict) -> str:
     return (f"<h1>{html.escape(record.get('PipelineName', 'pipeline'))} &mdash; execution "
             f"{html.escape(str(record.get('PipelineExecutionId', '')))} {_badge(status)}</h1>"
             f"<p class='small'>started {html.escape(str(record.get('CreationTime', '-')))}, ended "
-            f"{html.escape(str(record.get('EndTime', '-')))}</p>{reason}"
+            f"{html.escape(str(record.get('EndTime', '-')))}</p>{reason}{_mlflow_line(record)}"
             + (f"<details><summary>parameters ({len(rows)})</summary>{_table(['parameter', 'value'], rows)}</details>"
                if rows else ""))  # fmt: skip
+
+
+def _mlflow_line(record: dict) -> str:
+    """Which MLflow run holds this execution (docs/tracking.md), when it was tracked."""
+    run = record.get("MLflow") or {}
+    if not run.get("RunId"):
+        return ""
+    return (f"<p class='small'>MLflow run {html.escape(run['RunId'])} in experiment "
+            f"{html.escape(str(run.get('ExperimentName', '')))} ({html.escape(str(run.get('TrackingUri', '')))}); "
+            "open it with <code>python -m pipeline tracking-ui</code></p>")
 
 
 def _section(title: str, build: Callable[[RunData], str], data: RunData) -> str:

@@ -62,7 +62,7 @@ def git_commit(folder: Path = REPOSITORY) -> str | None:
     """The checked-out commit of ``folder``'s git repository, or None (not a checkout, or no git)."""
     try:
         result = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=False)  # fmt: skip
+                                timeout=30, check=False)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
     commit = result.stdout.strip()
@@ -104,6 +104,7 @@ class ExecutionRun:
 
         # alembic's INFO lines on a new SQLite store; the sagemaker-mlflow plugin's header warning for non-ARN URIs
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         if not uri.startswith("arn:"):
             logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
         # the sagemaker-mlflow plugin reads the process-wide tracking URI to sign requests to a server ARN
