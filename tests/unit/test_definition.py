@@ -355,3 +355,44 @@ def test_cli_definition_prints_only_json_without_credentials(tmp_path):
         [sys.executable, "-m", "pipeline", "definition"], cwd=root, env=env, capture_output=True, text=True, check=True
     )
     assert json.loads(result.stdout) == json.loads(definition_json(load_config()))
+
+
+#: The SageMaker API request each step type's Arguments are (what SageMaker Pipelines sends for the step).
+API_OPERATIONS = {"Processing": "CreateProcessingJob", "Training": "CreateTrainingJob",
+                  "Tuning": "CreateHyperParameterTuningJob", "RegisterModel": "CreateModelPackage"}  # fmt: skip
+JOB_NAME_KEYS = {"Processing": "ProcessingJobName", "Training": "TrainingJobName",
+                 "Tuning": "HyperParameterTuningJobName"}  # fmt: skip
+
+
+def _placeholders(node, shape):
+    """``node`` with each pipeline expression (Get, Std:Join, Std:JsonGet) replaced by a value of the shape's type."""
+    if isinstance(node, dict) and ({"Get", "Std:Join", "Std:JsonGet"} & node.keys()):
+        return {"integer": 1, "long": 1, "float": 1.0, "double": 1.0, "boolean": True}.get(shape.type_name, "s3://b/k")
+    if shape.type_name == "structure" and isinstance(node, dict):
+        return {k: _placeholders(v, shape.members[k]) if k in shape.members else v for k, v in node.items()}
+    if shape.type_name == "list" and isinstance(node, list):
+        return [_placeholders(v, shape.member) for v in node]
+    if shape.type_name == "map" and isinstance(node, dict):
+        return {k: _placeholders(v, shape.value) for k, v in node.items()}
+    return node
+
+
+def test_job_requests_match_the_sagemaker_api_shapes(definition):
+    """botocore's own validator (types, required members, unknown members) on each step's request."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    checked = []
+    for name, step in steps_by_name(definition).items():
+        if step["Type"] not in API_OPERATIONS:
+            continue
+        shape = model.operation_model(API_OPERATIONS[step["Type"]]).input_shape
+        request = _placeholders(step["Arguments"], shape)
+        if step["Type"] in JOB_NAME_KEYS:
+            request.setdefault(JOB_NAME_KEYS[step["Type"]], "name-given-by-sagemaker")
+        report = ParamValidator().validate(request, shape)
+        assert not report.has_errors(), f"{name}: {report.generate_report()}"
+        checked.append(name)
+    assert checked == ["split", "tune", "train", "debug", "evaluate", "register-RegisterModel"]
+
