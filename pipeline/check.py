@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from pipeline.config import CategoricalRange, Config, ContinuousRange, IntegerRange
+from pipeline.config import CategoricalRange, Config, IntegerRange
 from pipeline.instances import has_instance_store, valid_instance_types
 
 #: Step type of the definition -> the SageMaker API operation its ``Arguments`` are the request of.
@@ -40,8 +40,6 @@ STEP_OPERATIONS = {
 MAX_DEFINITION_CHARS = 1_048_576
 #: HyperbandStrategyConfig.MaxResource: "The maximum value is 20,000 epochs" (SageMaker API reference).
 HYPERBAND_MAX_RESOURCE = 20_000
-#: ParameterRanges: "the sum of the number of hyperparameters for all the ranges can't exceed" 30.
-MAX_TUNED_HYPERPARAMETERS = 30
 #: Lambda CreateFunction FunctionName: "If you specify only the function name, it is limited to 64 characters".
 LAMBDA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 #: Pipeline parameters holding an instance type, and the job kind each is used for.
@@ -226,20 +224,13 @@ def _tuning_findings(config: Config) -> list[Finding]:
         if spec.scaling == "Logarithmic" and spec.min <= 0:
             findings.append(Finding(where, f"Logarithmic scaling needs min > 0, got {spec.min:g}",
                                     "raise min above 0 or use Linear scaling", "range-scaling"))
-        if spec.scaling == "ReverseLogarithmic" and not (spec.min >= 0 and spec.max < 1):
-            findings.append(Finding(where, f"ReverseLogarithmic scaling needs 0 <= values < 1, got "
-                                    f"[{spec.min:g}, {spec.max:g}]", "use Linear or Logarithmic scaling",
-                                    "range-scaling"))  # fmt: skip
         if isinstance(spec, IntegerRange) and spec.scaling == "ReverseLogarithmic":
             findings.append(Finding(where, "ReverseLogarithmic scaling is for continuous ranges within [0, 1)",
                                     "use Linear or Logarithmic scaling", "range-scaling"))
-    if len(tuning.ranges) > MAX_TUNED_HYPERPARAMETERS:
-        findings.append(Finding("tuning.ranges", f"{len(tuning.ranges)} ranges; a tuning job takes at most "
-                                f"{MAX_TUNED_HYPERPARAMETERS} in all", "tune fewer hyperparameters", "range-count"))
-    if tuning.strategy == "Grid" and any(isinstance(s, ContinuousRange) for s in tuning.ranges.values()):
-        # "Grid search ... uses only categorical hyperparameters" (SageMaker hyperparameter tuning strategies)
-        findings.append(Finding("tuning.strategy", "the Grid strategy searches categorical ranges only",
-                                "make every range categorical or use Bayesian/Random", "grid-ranges"))
+        elif spec.scaling == "ReverseLogarithmic" and not (spec.min >= 0 and spec.max < 1):
+            findings.append(Finding(where, f"ReverseLogarithmic scaling needs 0 <= values < 1, got "
+                                    f"[{spec.min:g}, {spec.max:g}]", "use Linear or Logarithmic scaling",
+                                    "range-scaling"))  # fmt: skip
     return findings
 
 
