@@ -42,6 +42,8 @@ MAX_DEFINITION_CHARS = 1_048_576
 HYPERBAND_MAX_RESOURCE = 20_000
 #: Lambda CreateFunction FunctionName: "If you specify only the function name, it is limited to 64 characters".
 LAMBDA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+#: Model package versions the deploy names leave room for (up to 9999 registrations in the group).
+DEPLOY_VERSION_DIGITS = 4
 #: Pipeline parameters holding an instance type, and the job kind each is used for.
 INSTANCE_PARAMETERS = {"TrainingInstanceType": "training", "ProcessingInstanceType": "processing"}
 
@@ -247,6 +249,16 @@ def _job_findings(config: Config) -> list[Finding]:
             findings.append(Finding("deploy.lambda_function_name", f"{config.deploy.lambda_function_name!r} is not a "
                                     "Lambda function name (1-64 letters, digits, '-' or '_')",
                                     "rename the function", "lambda-name"))  # fmt: skip
+        # The deploy Lambda names the endpoint's model "<endpoint>-v<version>" and its config
+        # "<endpoint>-v<version>-<8 hex>" (entrypoints/deploy_endpoint.py); CreateModel ModelName and
+        # CreateEndpointConfig EndpointConfigName take at most 63 characters (SageMaker API reference), and a name
+        # cut to fit would be the same for every version, so the next deployment would reuse the old model.
+        longest = len(f"{config.deploy.endpoint_name}-v{DEPLOY_VERSION_DIGITS * '9'}-{8 * 'f'}")
+        if longest > 63:
+            findings.append(Finding("deploy.endpoint_name", f"{config.deploy.endpoint_name!r} leaves no room for the "
+                                    f"version in its model and endpoint-config names ({longest} > 63 characters)",
+                                    f"shorten it to at most {63 - longest + len(config.deploy.endpoint_name)} "
+                                    "characters", "deploy-names"))  # fmt: skip
         # The register step lists deploy.instance_type's processor in the primary InferenceSpecification, which
         # the deploy Lambda's CreateModel uses: the endpoint type must be one the package declares.
         if config.deploy.instance_type not in config.registry.inference_instance_types:
