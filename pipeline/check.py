@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from pipeline.config import CategoricalRange, Config, ContinuousRange, IntegerRange
+from pipeline.config import CategoricalRange, Config, IntegerRange
 from pipeline.instances import has_instance_store, valid_instance_types
 
 #: Step type of the definition -> the SageMaker API operation its ``Arguments`` are the request of.
@@ -40,10 +40,10 @@ STEP_OPERATIONS = {
 MAX_DEFINITION_CHARS = 1_048_576
 #: HyperbandStrategyConfig.MaxResource: "The maximum value is 20,000 epochs" (SageMaker API reference).
 HYPERBAND_MAX_RESOURCE = 20_000
-#: ParameterRanges: "the sum of the number of hyperparameters for all the ranges can't exceed" 30.
-MAX_TUNED_HYPERPARAMETERS = 30
 #: Lambda CreateFunction FunctionName: "If you specify only the function name, it is limited to 64 characters".
 LAMBDA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+#: Model package versions the deploy names leave room for (up to 9999 registrations in the group).
+DEPLOY_VERSION_DIGITS = 4
 #: Pipeline parameters holding an instance type, and the job kind each is used for.
 INSTANCE_PARAMETERS = {"TrainingInstanceType": "training", "ProcessingInstanceType": "processing"}
 
@@ -226,20 +226,13 @@ def _tuning_findings(config: Config) -> list[Finding]:
         if spec.scaling == "Logarithmic" and spec.min <= 0:
             findings.append(Finding(where, f"Logarithmic scaling needs min > 0, got {spec.min:g}",
                                     "raise min above 0 or use Linear scaling", "range-scaling"))
-        if spec.scaling == "ReverseLogarithmic" and not (spec.min >= 0 and spec.max < 1):
-            findings.append(Finding(where, f"ReverseLogarithmic scaling needs 0 <= values < 1, got "
-                                    f"[{spec.min:g}, {spec.max:g}]", "use Linear or Logarithmic scaling",
-                                    "range-scaling"))  # fmt: skip
         if isinstance(spec, IntegerRange) and spec.scaling == "ReverseLogarithmic":
             findings.append(Finding(where, "ReverseLogarithmic scaling is for continuous ranges within [0, 1)",
                                     "use Linear or Logarithmic scaling", "range-scaling"))
-    if len(tuning.ranges) > MAX_TUNED_HYPERPARAMETERS:
-        findings.append(Finding("tuning.ranges", f"{len(tuning.ranges)} ranges; a tuning job takes at most "
-                                f"{MAX_TUNED_HYPERPARAMETERS} in all", "tune fewer hyperparameters", "range-count"))
-    if tuning.strategy == "Grid" and any(isinstance(s, ContinuousRange) for s in tuning.ranges.values()):
-        # "Grid search ... uses only categorical hyperparameters" (SageMaker hyperparameter tuning strategies)
-        findings.append(Finding("tuning.strategy", "the Grid strategy searches categorical ranges only",
-                                "make every range categorical or use Bayesian/Random", "grid-ranges"))
+        elif spec.scaling == "ReverseLogarithmic" and not (spec.min >= 0 and spec.max < 1):
+            findings.append(Finding(where, f"ReverseLogarithmic scaling needs 0 <= values < 1, got "
+                                    f"[{spec.min:g}, {spec.max:g}]", "use Linear or Logarithmic scaling",
+                                    "range-scaling"))  # fmt: skip
     return findings
 
 
@@ -256,6 +249,16 @@ def _job_findings(config: Config) -> list[Finding]:
             findings.append(Finding("deploy.lambda_function_name", f"{config.deploy.lambda_function_name!r} is not a "
                                     "Lambda function name (1-64 letters, digits, '-' or '_')",
                                     "rename the function", "lambda-name"))  # fmt: skip
+        # The deploy Lambda names the endpoint's model "<endpoint>-v<version>" and its config
+        # "<endpoint>-v<version>-<8 hex>" (entrypoints/deploy_endpoint.py); CreateModel ModelName and
+        # CreateEndpointConfig EndpointConfigName take at most 63 characters (SageMaker API reference), and a name
+        # cut to fit would be the same for every version, so the next deployment would reuse the old model.
+        longest = len(f"{config.deploy.endpoint_name}-v{DEPLOY_VERSION_DIGITS * '9'}-{8 * 'f'}")
+        if longest > 63:
+            findings.append(Finding("deploy.endpoint_name", f"{config.deploy.endpoint_name!r} leaves no room for the "
+                                    f"version in its model and endpoint-config names ({longest} > 63 characters)",
+                                    f"shorten it to at most {63 - longest + len(config.deploy.endpoint_name)} "
+                                    "characters", "deploy-names"))  # fmt: skip
         # The register step lists deploy.instance_type's processor in the primary InferenceSpecification, which
         # the deploy Lambda's CreateModel uses: the endpoint type must be one the package declares.
         if config.deploy.instance_type not in config.registry.inference_instance_types:

@@ -17,7 +17,7 @@ one process is a plain run (``WORLD_SIZE=1``), N instances or a multi-GPU instan
 
 Volume encryption: ``security.kms_key_id`` goes to ``ResourceConfig.VolumeKmsKeyId`` only when the
 ``TrainingInstanceType`` parameter's default has no instance store (:mod:`pipeline.instances`); ``start`` refuses
-an override of that parameter that crosses between the two kinds (:func:`pipeline.aws.check_parameter_overrides`).
+an override of that parameter that crosses between the two kinds (:func:`pipeline.check.parameter_findings`).
 
 Debugger: unmanaged by default (``train.py`` saves its tensors and utilization samples under
 ``SM_OUTPUT_DATA_DIR``; the SDK adds no hook, rules or profiler). With ``debugger.managed: true`` the job also

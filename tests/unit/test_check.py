@@ -286,9 +286,11 @@ def test_upsert_runs_check_before_any_aws_call(shape_breaking, monkeypatch):
          "tuning.ranges.momentum"),
         (["tuning.ranges.epochs.min=0", "tuning.ranges.epochs.scaling=Logarithmic"], "range-scaling",
          "tuning.ranges.epochs"),
+        (["tuning.ranges.epochs.scaling=ReverseLogarithmic"], "range-scaling", "tuning.ranges.epochs"),
         (["training.spot=true", "training.max_wait_s=3600"], "spot-wait", "training.max_wait_s"),
         ([f"deploy.lambda_function_name={'f' * 65}"], "lambda-name", "deploy.lambda_function_name"),
         (["deploy.instance_type=ml.c5.xlarge"], "deploy-type-registered", "deploy.instance_type"),
+        ([f"deploy.endpoint_name={'e' * 49}"], "deploy-names", "deploy.endpoint_name"),
     ],
 )  # fmt: skip
 def test_each_config_rule_names_the_key_and_the_fix(overrides, rule, where):
