@@ -82,6 +82,8 @@ def test_requirements_break_only_dlc_packages_that_no_job_loads():
                    "platform_system": "Linux", "platform_machine": "x86_64", "extra": ""}  # fmt: skip
     conflicts = {}
     for package, info in snapshot.items():
+        if package in pins:  # replaced by our own pin (pandas 3 -> 2.3.3): its DLC requirements no longer apply
+            continue
         for text in info["requires"]:
             requirement = Requirement(text)
             if requirement.marker is not None and not requirement.marker.evaluate(environment):
