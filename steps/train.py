@@ -1,6 +1,7 @@
 """``train``: TrainingStep running ``train.py`` with the best hyperparameters the ``tune`` step found.
 
-Channels ``train`` and ``validation`` <- the split step's outputs. Hyperparameters: each tuned key from
+Channels ``train`` and ``validation`` <- the split step's outputs; ``weights`` <- ``training.weights_uri`` when set.
+Hyperparameters: each tuned key from
 ``tune.properties.BestTrainingJob.TunedHyperParameters[<key>]``, the rest from the config. Model artifacts to
 ``s3://<bucket>/<prefix>/<pipeline>/<execution id>/train/<job name>/output/model.tar.gz``; ``output.tar.gz``
 (history, tensors, profiler samples) beside it. Checkpoint S3 URI ``.../<pipeline>/train/checkpoints``, the same

@@ -10,6 +10,14 @@ on the interpreter's version and the exact requirement lines, so a changed ``req
 Building needs the package index (like ``make``'s main venv); using a built one does not.
 
 Run as a script to build one by hand: ``python tests/container_env.py [--torch]``.
+
+``dlc_snapshot`` turns pip's installation report of the DLC's own packages into
+``tests/dlc/dlc_pytorch_2.6_training.json`` (each package's version and its requirements on the packages that
+``entrypoints/requirements.txt`` pins), which the requirements test checks offline. To refresh it::
+
+    <py3.12>/bin/pip install --dry-run --no-deps --ignore-installed --report report.json \
+        -r tests/dlc/dlc_pytorch_2.6_training_packages.txt
+    python tests/container_env.py --dlc-snapshot report.json
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +42,29 @@ CONTAINER_PYTHON = "3.12"
 #: has no +cpu build for Linux: its 2.6.0 wheel is the CUDA one and pulls the nvidia-* wheels (several GB).
 CONTAINER_TORCH = ("torch==2.6.0", "torchvision==0.21.0")
 COMPLETE = ".complete"
+DLC_PACKAGES = REPO / "tests" / "dlc" / "dlc_pytorch_2.6_training_packages.txt"
+DLC_SNAPSHOT = REPO / "tests" / "dlc" / "dlc_pytorch_2.6_training.json"
+
+
+def canonical(name: str) -> str:
+    """PEP 503 normalised distribution name (``Sagemaker_Training`` -> ``sagemaker-training``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    return canonical(re.split(r"[\s;<>=!~\[(]", requirement.strip(), maxsplit=1)[0])
+
+
+def dlc_snapshot(report: dict, pinned: set[str]) -> dict:
+    """``{"packages": {name: {"version", "requires"}}}`` from a pip ``--report`` of the DLC's packages; ``requires``
+    keeps the non-extra requirements on the ``pinned`` names (canonical)."""
+    packages = {}
+    for item in report["install"]:
+        metadata = item["metadata"]
+        requires = [r for r in metadata.get("requires_dist") or []
+                    if requirement_name(r) in pinned and "extra ==" not in r]
+        packages[canonical(metadata["name"])] = {"version": metadata["version"], "requires": requires}
+    return {"packages": dict(sorted(packages.items()))}
 
 
 def find_python(version: str = CONTAINER_PYTHON) -> str | None:
@@ -85,7 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     """Build (or find) the container venv and print its folder; ``--torch`` adds torch 2.6.0/torchvision 0.21.0."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--torch", action="store_true", help="also install " + " ".join(CONTAINER_TORCH))
+    parser.add_argument("--dlc-snapshot", metavar="REPORT", help="write tests/dlc/dlc_pytorch_2.6_training.json "
+                        "from this pip --report of the DLC's packages, then stop")
     args = parser.parse_args(argv)
+    if args.dlc_snapshot:
+        pinned = {requirement_name(line) for line in requirement_lines(CONTAINER_REQUIREMENTS)}
+        report = json.loads(Path(args.dlc_snapshot).read_text(encoding="utf-8"))
+        snapshot = {
+            "source": "aws/deep-learning-containers pytorch/training/docker/2.6/py3/cu126/Dockerfile.gpu (sagemaker "
+                      "stage): the pip install lines, torch/torchaudio left out (AWS's own builds)",
+            "resolved_with": f"pip {report.get('pip_version')} --dry-run --no-deps: the newest release of each",
+            **dlc_snapshot(report, pinned),
+        }
+        DLC_SNAPSHOT.write_text(json.dumps(snapshot, indent=1) + "\n", encoding="utf-8")
+        print(DLC_SNAPSHOT)
+        return 0
     python = find_python()
     if python is None:
         print(f"error: no Python {CONTAINER_PYTHON} found; set CONTAINER_PYTHON=/path/to/python{CONTAINER_PYTHON}",

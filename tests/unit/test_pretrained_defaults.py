@@ -30,11 +30,12 @@ def test_aws_default_fine_tunes_pretrained_resnet50_with_its_eval_preset():
     # fine-tuning ranges: learning rates well below from-scratch ones, batches a 16 GB T4 holds for ResNet50
     assert config.tuning.ranges["lr"].max <= 0.02 and config.tuning.ranges["batch-size"].values == [32, 64]
     steps = steps_by_name(json.loads(definition_json(config)))
+    # the SDK's framework estimators JSON-encode hyperparameter values; train.py accepts that
     hyperparameters = steps["train"]["Arguments"]["HyperParameters"]
-    assert (hyperparameters["model"], hyperparameters["weights"], hyperparameters["augment"]) == (
-        "resnet50", "IMAGENET1K_V2", "standard")  # fmt: skip
+    assert [json.loads(hyperparameters[k]) for k in ("model", "weights", "augment")] == [
+        "resnet50", "IMAGENET1K_V2", "standard"]  # fmt: skip
     static = steps["tune"]["Arguments"]["TrainingJobDefinition"]["StaticHyperParameters"]
-    assert static["model"] == "resnet50" and static["weights"] == "IMAGENET1K_V2"
+    assert json.loads(static["model"]) == "resnet50" and json.loads(static["weights"]) == "IMAGENET1K_V2"
     # the eval preset train.py records for these weights is torchvision's own: resize 232, centre crop 224
     sizes = presets.eval_sizes(224, models.weights_transforms_metadata("resnet50", "IMAGENET1K_V2"))
     assert (sizes["resize_size"], sizes["crop_size"]) == (232, 224)
@@ -52,7 +53,7 @@ def test_weights_channel_reaches_train_and_tune():
     steps = steps_by_name(json.loads(definition_json(config)))
     train = {c["ChannelName"]: c for c in steps["train"]["Arguments"]["InputDataConfig"]}
     assert train["weights"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://my-bucket/weights/resnet50.pth"
-    assert steps["train"]["Arguments"]["HyperParameters"]["weights"] == "resnet50.pth"
+    assert json.loads(steps["train"]["Arguments"]["HyperParameters"]["weights"]) == "resnet50.pth"
     tune = steps["tune"]["Arguments"]["TrainingJobDefinition"]["InputDataConfig"]
     assert {c["ChannelName"] for c in tune} == {"train", "validation", "weights"}
     default = steps_by_name(json.loads(definition_json(load_config())))
