@@ -584,15 +584,18 @@ def _explain(error: ValidationError, source: str, overrides: typing.Iterable[str
     for item in error.errors():
         loc = tuple(item["loc"])
         # the last --set of this key or of a key above or below it (--set tuning.max_job=2 -> loc tuning.max_job)
-        by_set = [text for path, text in given if _overlap(path, loc)]
+        message = _message(item, loc)
+        by_set = [(path, text) for path, text in given if _overlap(path, loc)]
+        # of several --set under a mapping whose check failed, the ones whose key the message names
+        named = [text for path, text in by_set if re.search(rf"\b{re.escape(path[-1])}\b", message)]
         if by_set:
             shown = ".".join(str(p) for p in loc if p not in ("continuous", "integer", "categorical"))
-            message = _message(item, loc)
-            lines.append(f"--set {by_set[-1]}: {shown or '(top level)'}: {message}")
+            culprits = named or [text for _, text in by_set]
+            lines.append(f"{', '.join(f'--set {t}' for t in culprits)}: {shown or '(top level)'}: {message}")
             continue
         # pydantic puts the tag of a discriminated union in the loc ("continuous"); readers know the key path
         shown = ".".join(str(p) for p in loc if p not in ("continuous", "integer", "categorical"))
-        lines.append(f"{source}: {shown or '(top level)'}: {_message(item, loc)}")
+        lines.append(f"{source}: {shown or '(top level)'}: {message}")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from pipeline.cli import UserError
 
 #: Training steps timed (after one warm-up step) and images per step for the estimate.
 TIMED_STEPS = 2
-TIMED_BATCH = 8
+TIMED_BATCH = 32
 #: A validation pass costs about a third of a training pass per image (forward only, no backward).
 VALIDATION_COST = 1 / 3
 

@@ -56,6 +56,12 @@ def test_set_errors_name_the_set_and_what_train_py_would_refuse(override, expect
     assert expected in message
 
 
+def test_of_several_sets_the_one_the_message_names_is_blamed():
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides=["tuning.ranges.lr.min=0.01", "tuning.max_jobs=2"])
+    assert str(caught.value) == "--set tuning.max_jobs=2: tuning: max_parallel_jobs 3 exceeds max_jobs 2"
+
+
 def test_a_bad_model_in_the_file_names_the_file(tmp_path):
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     data["training"]["model"] = "resnet1800"

@@ -145,6 +145,25 @@ def test_healthy_run_triggers_no_rule(runs):
         assert evidence["evaluations"] > 0 and "closest" in evidence, (name, evidence)
 
 
+def test_pipeline_yaml_rule_parameters_keep_a_healthy_run_quiet_and_catch_every_planted_fault(runs):
+    """The debug step runs with pipeline.yaml's debugger.rules (not AWS's defaults): a healthy run shows no
+    IssuesFound, and each planted fault is still caught by its rule."""
+    from pipeline.config import load_config
+
+    rules = {name: dict(values) for name, values in load_config(local=True).debugger.rules.items()}
+    assert rules == {name: dict(values) for name, values in load_config().debugger.rules.items()}
+    caught_by = {"poor_weight_initialization": "PoorWeightInitialization", "loss_not_decreasing": "LossNotDecreasing",
+                 "vanishing_gradient": "VanishingGradient", "overtraining": "Overtraining"}  # fmt: skip
+    for scenario, (folder, _, _) in runs.items():
+        found = statuses(evaluate_training_output(folder, rules))
+        if scenario == "healthy":
+            assert {name: found[name] for name in DEBUGGER_RULES} == dict.fromkeys(DEBUGGER_RULES, "NoIssuesFound")
+        else:
+            assert found[caught_by[scenario]] == "IssuesFound", (scenario, found)
+            if scenario == "overtraining":
+                assert found["Overfit"] == "IssuesFound", found
+
+
 def test_scaled_weights_caught_by_poor_weight_initialization(runs):
     _, _, report = runs["poor_weight_initialization"]
     result = report["rules"]["PoorWeightInitialization"]
