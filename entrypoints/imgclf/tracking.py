@@ -35,6 +35,9 @@ ENV_PARENT = "MLFLOW_PARENT_RUN_ID"
 ENV_STEP = "PIPELINE_STEP_NAME"
 #: MLflow's reserved tags (mlflow.utils.mlflow_tags): a run's parent and its name.
 PARENT_TAG = "mlflow.parentRunId"
+#: The MLflow 3 UI opens an experiment in its model-training view (runs, charts) rather than the GenAI view
+#: (traces) when the experiment carries this tag with this value.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 RUN_NAME_TAG = "mlflow.runName"
 #: Our tags on every job run: the SageMaker job's name and type, and the pipeline step that ran it.
 JOB_NAME_TAG = "sagemaker.job_name"
@@ -175,7 +178,7 @@ def _create_experiment(client: Any, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except MlflowException:
         found = client.get_experiment_by_name(name)
         if found is None:
