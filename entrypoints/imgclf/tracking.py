@@ -70,6 +70,18 @@ def job_name(environ: Mapping[str, str] = os.environ, script: str | None = None)
     return f"local-{script_path.stem or 'job'}"
 
 
+def client_settings(uri: str) -> None:
+    """Short HTTP retries (unless ``MLFLOW_HTTP_REQUEST_*`` are set) and quiet loggers, so that an unreachable
+    server costs seconds and one warning (ours). urllib3 logs each retry as a WARNING; the sagemaker-mlflow
+    plugin's request header provider is active for every URI and logs a WARNING on each request to a server that
+    is not a SageMaker ARN (it parses the URI as an ARN)."""
+    for key, value in _QUICK_HTTP.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    if not uri.startswith("arn:"):
+        logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+
+
 class JobRun:
     """This job's MLflow run, or nothing when tracking is off. Every method is safe to call either way.
 
@@ -93,14 +105,7 @@ class JobRun:
         if not uri or not experiment:
             return cls()
         run = cls(uri=uri)
-        for key, value in _QUICK_HTTP.items():
-            os.environ.setdefault(key, value)
-        # urllib3 logs each HTTP retry as a WARNING; the one warning that matters is ours. The sagemaker-mlflow
-        # plugin's request header provider is active for every URI and logs a WARNING on each request to a
-        # server that is not a SageMaker ARN (it parses the URI as an ARN).
-        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-        if not uri.startswith("arn:"):
-            logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+        client_settings(uri)
         try:
             from mlflow.tracking import MlflowClient
 

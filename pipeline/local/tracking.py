@@ -38,6 +38,7 @@ from imgclf.tracking import (
     JOB_NAME_TAG,
     MODEL_TRAINING,
     PARENT_TAG,
+    client_settings,
 )
 from pipeline.tracking import local_artifact_uri, local_tracking_uri
 
@@ -110,11 +111,10 @@ class ExecutionRun:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        # alembic's INFO lines on a new SQLite store; the sagemaker-mlflow plugin's header warning for non-ARN URIs
+        # alembic's and MLflow's INFO lines when a new SQLite store is created
         logging.getLogger("alembic").setLevel(logging.WARNING)
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-        if not uri.startswith("arn:"):
-            logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+        client_settings(uri)  # short HTTP retries, no per-request warnings (imgclf.tracking)
         # the sagemaker-mlflow plugin reads the process-wide tracking URI to sign requests to a server ARN
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(tracking_uri=uri)

@@ -90,7 +90,15 @@ def test_build_is_offline_and_byte_identical(no_network):
     second = definition_json(load_config())
     assert first == second
     assert no_network == []
-    assert "Execution." not in first  # no ExecutionVariables (execution id, start time) anywhere
+    # No ExecutionVariables (execution id, start time) in any cached step's arguments: they would change every
+    # execution's cache key. The one exception is RegisterModel (never cached): its CustomerMetadataProperties
+    # name the execution, which leads to its MLflow run (docs/tracking.md).
+    parsed = json.loads(first)
+    register = next(s for s in parsed["Steps"][-1]["Arguments"]["IfSteps"] if s["Type"] == "RegisterModel")
+    metadata = register["Arguments"].pop("CustomerMetadataProperties")
+    assert metadata["pipeline_execution_arn"] == {"Get": "Execution.PipelineExecutionArn"}
+    assert "CacheConfig" not in register
+    assert "Execution." not in json.dumps(parsed)
 
 
 def test_steps_names_types_and_branches(definition):
