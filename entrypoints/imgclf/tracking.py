@@ -35,6 +35,9 @@ ENV_PARENT = "MLFLOW_PARENT_RUN_ID"
 ENV_STEP = "PIPELINE_STEP_NAME"
 #: MLflow's reserved tags (mlflow.utils.mlflow_tags): a run's parent and its name.
 PARENT_TAG = "mlflow.parentRunId"
+#: The MLflow 3 UI opens an experiment in its model-training view (runs, charts) rather than the GenAI view
+#: (traces) when the experiment carries this tag with this value.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 RUN_NAME_TAG = "mlflow.runName"
 #: Our tags on every job run: the SageMaker job's name and type, and the pipeline step that ran it.
 JOB_NAME_TAG = "sagemaker.job_name"
@@ -67,6 +70,18 @@ def job_name(environ: Mapping[str, str] = os.environ, script: str | None = None)
     return f"local-{script_path.stem or 'job'}"
 
 
+def client_settings(uri: str) -> None:
+    """Short HTTP retries (unless ``MLFLOW_HTTP_REQUEST_*`` are set) and quiet loggers, so that an unreachable
+    server costs seconds and one warning (ours). urllib3 logs each retry as a WARNING; the sagemaker-mlflow
+    plugin's request header provider is active for every URI and logs a WARNING on each request to a server that
+    is not a SageMaker ARN (it parses the URI as an ARN)."""
+    for key, value in _QUICK_HTTP.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    if not uri.startswith("arn:"):
+        logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+
+
 class JobRun:
     """This job's MLflow run, or nothing when tracking is off. Every method is safe to call either way.
 
@@ -90,14 +105,7 @@ class JobRun:
         if not uri or not experiment:
             return cls()
         run = cls(uri=uri)
-        for key, value in _QUICK_HTTP.items():
-            os.environ.setdefault(key, value)
-        # urllib3 logs each HTTP retry as a WARNING; the one warning that matters is ours. The sagemaker-mlflow
-        # plugin's request header provider is active for every URI and logs a WARNING on each request to a
-        # server that is not a SageMaker ARN (it parses the URI as an ARN).
-        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-        if not uri.startswith("arn:"):
-            logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+        client_settings(uri)
         try:
             from mlflow.tracking import MlflowClient
 
@@ -175,7 +183,7 @@ def _create_experiment(client: Any, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except MlflowException:
         found = client.get_experiment_by_name(name)
         if found is None:

@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
-from imgclf.tracking import ENV_EXPERIMENT, ENV_PARENT, ENV_URI, JOB_NAME_TAG, PARENT_TAG
+from imgclf.tracking import (
+    ENV_EXPERIMENT,
+    ENV_PARENT,
+    ENV_URI,
+    EXPERIMENT_KIND_TAG,
+    JOB_NAME_TAG,
+    MODEL_TRAINING,
+    PARENT_TAG,
+    client_settings,
+)
 from pipeline.tracking import local_artifact_uri, local_tracking_uri
 
 REPOSITORY = Path(__file__).resolve().parent.parent.parent
@@ -102,11 +111,10 @@ class ExecutionRun:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        # alembic's INFO lines on a new SQLite store; the sagemaker-mlflow plugin's header warning for non-ARN URIs
+        # alembic's and MLflow's INFO lines when a new SQLite store is created
         logging.getLogger("alembic").setLevel(logging.WARNING)
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-        if not uri.startswith("arn:"):
-            logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+        client_settings(uri)  # short HTTP retries, no per-request warnings (imgclf.tracking)
         # the sagemaker-mlflow plugin reads the process-wide tracking URI to sign requests to a server ARN
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(tracking_uri=uri)
@@ -117,6 +125,8 @@ class ExecutionRun:
             local = uri.startswith("sqlite:")
             artifacts = local_artifact_uri(execution.options.runs) if local else None
             experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
+        if (found.tags if found else {}).get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         previous = (execution.record.get("MLflow") or {}).get("RunId")
         if previous:  # --resume: keep the execution's run
             client.update_run(previous, status="RUNNING")

@@ -92,8 +92,15 @@ def test_build_is_offline_and_byte_identical(no_network):
     second = definition_json(load_config())
     assert first == second
     assert no_network == []
-    # the execution id is the only execution variable (in output locations; never the start time)
-    assert set(re.findall(r'"Execution\.\w+"', first)) == {'"Execution.PipelineExecutionId"'}
+    # RegisterModel (never cached) names the execution in its CustomerMetadataProperties, which leads to its
+    # MLflow run (docs/tracking.md); no other step carries the execution ARN or the start time.
+    parsed = json.loads(first)
+    register = next(s for s in parsed["Steps"][-1]["Arguments"]["IfSteps"] if s["Type"] == "RegisterModel")
+    metadata = register["Arguments"].pop("CustomerMetadataProperties")
+    assert metadata["pipeline_execution_arn"] == {"Get": "Execution.PipelineExecutionArn"}
+    assert "CacheConfig" not in register
+    # the execution id is the only other execution variable (in output locations; never the start time)
+    assert set(re.findall(r'"Execution\.\w+"', json.dumps(parsed))) == {'"Execution.PipelineExecutionId"'}
 
 
 def test_steps_names_types_and_branches(definition):
