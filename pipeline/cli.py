@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-COMMAND_MODULES = ("data", "aws", "local", "serving")
+COMMAND_MODULES = ("data", "aws", "local", "serving", "approval")
 
 
 class UserError(Exception):

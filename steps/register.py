@@ -26,8 +26,8 @@ INFERENCE_ENV = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTOR
 
 
 def inference_image(ctx: StepContext) -> str:
-    """The PyTorch inference image for the endpoint's instance type (``deploy.instance_type``: CPU or GPU)."""
-    return ctx.image_uri("inference", ctx.config.deploy.instance_type)
+    """The PyTorch inference image for the production endpoint's instance type (CPU or GPU)."""
+    return ctx.image_uri("inference", ctx.config.deploy.stages.production.instance_type)
 
 
 def build(ctx: StepContext, train: TrainingStep, evaluate: ProcessingStep) -> ModelStep:
