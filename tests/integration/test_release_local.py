@@ -68,7 +68,7 @@ def release(tmp_path_factory):
         "v2": _rebuilt(archive, root / "v2.tar.gz", {"RELEASE": b"2"}),
         "v3": _rebuilt(archive, root / "v3.tar.gz", {"RELEASE": b"3"}),
         "bad": _rebuilt(archive, root / "bad.tar.gz", {"code/inference.py": inference + (
-            b"\n\ndef predict_fn(input_data, model):\n    raise RuntimeError('planted failure: this release is broken')\n"
+            b"\n\ndef predict_fn(input_data, model):\n    raise RuntimeError('planted failure: a broken release')\n"
         )}),
     }
     registry = ModelRegistry(store)

@@ -38,7 +38,8 @@ OPERATOR_POLICY = "operator-policy.json"
 EXECUTION_POLICY = "pipeline-execution-role.json"
 SCHEDULER_POLICY = "scheduler-role.json"
 IAM_PREFIX = {"sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker", "s3": "s3", "lambda": "lambda",
-              "scheduler": "scheduler", "iam": "iam", "sts": "sts", "logs": "logs"}
+              "scheduler": "scheduler", "iam": "iam", "sts": "sts", "logs": "logs", "events": "events",
+              "sns": "sns", "cloudwatch": "cloudwatch"}
 #: S3 operations whose IAM action has another name (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html
 #: "you must have the s3:GetObject permission"; ListObjectsV2 needs s3:ListBucket).
 S3_ACTION = {"HeadObject": "GetObject", "ListObjectsV2": "ListBucket", "ListObjects": "ListBucket",
