@@ -83,18 +83,19 @@ def _account(config: Config) -> tuple[str, str]:
 
 
 def notification_patterns(config: Config) -> dict[str, dict]:
+    """``{"pipeline_failed", "endpoint_failed"}`` -> event pattern. The pipeline ARN is matched ignoring case
+    (``equals-ignore-case``, https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-create-pattern-operators.html):
+    the documented events show it in the pipeline name's case, SageMaker's other ARNs lower-case it."""
     partition, account = _account(config)
-    pipeline_arn = f"arn:{partition}:sagemaker:{config.region}:{account}:pipeline/{config.pipeline_name.lower()}"
+    pipeline_arn = f"arn:{partition}:sagemaker:{config.region}:{account}:pipeline/{config.pipeline_name}"
     endpoints = [getattr(config.deploy.stages, s).endpoint_name for s in STAGES]
-    endpoint_arns = [f"arn:{partition}:sagemaker:{config.region}:{account}:endpoint/{e.lower()}" for e in endpoints]
     return {
         "pipeline_failed": {"source": ["aws.sagemaker"], "detail-type": [PIPELINE_EVENT],
-                            "detail": {"pipelineArn": [pipeline_arn],
+                            "detail": {"pipelineArn": [{"equals-ignore-case": pipeline_arn}],
                                        "currentPipelineExecutionStatus": ["Failed", "Stopped"]}},
         "endpoint_failed": {"source": ["aws.sagemaker"], "detail-type": [ENDPOINT_EVENT, DEPLOYMENT_EVENT],
                             "detail": {"EndpointName": endpoints,
-                                       "EndpointStatus": ["FAILED", "ROLLING_BACK", "UPDATE_ROLLBACK_FAILED"]},
-                            "resources": endpoint_arns},
+                                       "EndpointStatus": ["FAILED", "ROLLING_BACK", "UPDATE_ROLLBACK_FAILED"]}},
     }  # fmt: skip
 
 
