@@ -325,7 +325,9 @@ def promote(config: Config, images_dir: Path | None) -> dict:
     ``SmokeTestFailed`` when the test does not pass (production untouched). Raises UserError when staging serves
     nothing, no ``images_dir`` is given, or an AWS call fails.
     """
-    from pipeline.aws import aws_errors, client, clients
+    from botocore.config import Config as BotoConfig
+
+    from pipeline.aws import aws_errors, clients
 
     if images_dir is None:
         raise UserError("promote needs the test images in AWS: --images <ImageFolder tree> (e.g. the test split, "
@@ -343,7 +345,10 @@ def promote(config: Config, images_dir: Path | None) -> dict:
                 "reason": f"staging answered {smoke['accuracy']:.4f} accuracy ({smoke['errors']} errors); the "
                           f"gate's threshold is {smoke['threshold']}"}  # fmt: skip
     event = {"model_package_arn": arn, **stage_event(config, "production")}
-    lam = client(clients(config), "lambda")
+    # The function may wait up to its timeout for the endpoint's outcome: read that long, and never retry the
+    # invocation (a retry would be a second deployment request).
+    waiting = BotoConfig(read_timeout=config.deploy.lambda_timeout_s + 60, retries={"total_max_attempts": 1})
+    lam = clients(config).client("lambda", config=waiting)
     with aws_errors(f"invoking {config.deploy.lambda_function_name} for production"):
         answer = lam.invoke(FunctionName=config.deploy.lambda_function_name, InvocationType="RequestResponse",
                             Payload=json.dumps(event).encode())
