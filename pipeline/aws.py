@@ -33,6 +33,7 @@ from botocore.exceptions import (
     TokenRetrievalError,
 )
 
+from pipeline import release
 from pipeline._entrypoints import ENTRYPOINTS_DIR
 from pipeline.cli import UserError
 from pipeline.config import Config
@@ -273,7 +274,7 @@ def _upsert_lambda(lam, config: Config) -> str:
         "Handler": LAMBDA_HANDLER,
         "Runtime": LAMBDA_RUNTIME,
         "Timeout": deploy.lambda_timeout_s,
-        "Description": f"Create or update endpoint {deploy.endpoint_name} from a registered model package",
+        "Description": "Deploy a registered model package to a stage endpoint (staging or production)",
     }
     try:
         lam.get_function(FunctionName=deploy.lambda_function_name)
@@ -319,6 +320,7 @@ def upsert(config: Config) -> UpsertResult:
     if config.deploy.enabled:
         with aws_errors(f"creating or updating Lambda function {config.deploy.lambda_function_name}"):
             function = _upsert_lambda(client(session, "lambda"), config)
+    release.upsert_rules(config, session, function)
     request = {
         "PipelineName": config.pipeline_name,
         "PipelineDefinition": built.definition,
@@ -579,31 +581,14 @@ def unschedule(config: Config) -> bool:
 
 
 def teardown(config: Config, delete_pipeline: bool = False) -> list[str]:
-    """Delete what keeps costing money: the endpoint, its endpoint configs and models (named
-    ``<endpoint>-v<version>...`` by the deploy Lambda), the schedule; with ``delete_pipeline`` also the pipeline
+    """Delete what keeps costing money or acting: both stage endpoints, their endpoint configs, models (named
+    ``<endpoint>-v<version>...`` by the deploy Lambda) and rollback alarms, the approval and notification rules
+    (:mod:`pipeline.release`), the schedule; with ``delete_pipeline`` also the pipeline
     and the deploy Lambda. The model package group is kept (registry history). Returns what was deleted; safe
     to run twice (missing things are skipped)."""
     session = clients(config)
     sm = client(session, "sagemaker")
-    endpoint = config.deploy.endpoint_name
-    deleted: list[str] = []
-    with aws_errors(f"deleting endpoint {endpoint}"):
-        try:
-            sm.delete_endpoint(EndpointName=endpoint)
-            deleted.append(f"endpoint {endpoint}")
-        except ClientError as error:
-            if not _not_found(error):
-                raise
-        for page in sm.get_paginator("list_endpoint_configs").paginate(NameContains=endpoint):
-            for item in page["EndpointConfigs"]:
-                if item["EndpointConfigName"].startswith(f"{endpoint}-v"):
-                    sm.delete_endpoint_config(EndpointConfigName=item["EndpointConfigName"])
-                    deleted.append(f"endpoint config {item['EndpointConfigName']}")
-        for page in sm.get_paginator("list_models").paginate(NameContains=endpoint):
-            for item in page["Models"]:
-                if item["ModelName"].startswith(f"{endpoint}-v"):
-                    sm.delete_model(ModelName=item["ModelName"])
-                    deleted.append(f"model {item['ModelName']}")
+    deleted = release.delete_endpoints(config, session) + release.delete_rules(config, session)
     if unschedule(config):
         deleted.append(f"schedule {schedule_name(config)}")
     if delete_pipeline:

@@ -175,7 +175,7 @@ def _instance_type_findings(config: Config) -> list[Finding]:
     checks = [
         ("instances.training_type", config.instances.training_type, "training"),
         ("instances.processing_type", config.instances.processing_type, "processing"),
-        ("deploy.instance_type", config.deploy.instance_type, "endpoint"),
+        *((f"deploy.stages.{name}.instance_type", stage.instance_type, "endpoint") for name, stage in _stages(config)),
         *(("registry.inference_instance_types", t, "endpoint") for t in config.registry.inference_instance_types),
         *(("registry.transform_instance_types", t, "transform") for t in config.registry.transform_instance_types),
     ]
@@ -253,19 +253,26 @@ def _job_findings(config: Config) -> list[Finding]:
         # "<endpoint>-v<version>-<8 hex>" (entrypoints/deploy_endpoint.py); CreateModel ModelName and
         # CreateEndpointConfig EndpointConfigName take at most 63 characters (SageMaker API reference), and a name
         # cut to fit would be the same for every version, so the next deployment would reuse the old model.
-        longest = len(f"{config.deploy.endpoint_name}-v{DEPLOY_VERSION_DIGITS * '9'}-{8 * 'f'}")
-        if longest > 63:
-            findings.append(Finding("deploy.endpoint_name", f"{config.deploy.endpoint_name!r} leaves no room for the "
-                                    f"version in its model and endpoint-config names ({longest} > 63 characters)",
-                                    f"shorten it to at most {63 - longest + len(config.deploy.endpoint_name)} "
-                                    "characters", "deploy-names"))  # fmt: skip
-        # The register step lists deploy.instance_type's processor in the primary InferenceSpecification, which
-        # the deploy Lambda's CreateModel uses: the endpoint type must be one the package declares.
-        if config.deploy.instance_type not in config.registry.inference_instance_types:
-            findings.append(Finding("deploy.instance_type", f"{config.deploy.instance_type} is not among "
-                                    "registry.inference_instance_types, so the model package does not declare it",
-                                    "add it to registry.inference_instance_types", "deploy-type-registered"))
+        for name, stage in _stages(config):
+            where = f"deploy.stages.{name}"
+            longest = len(f"{stage.endpoint_name}-v{DEPLOY_VERSION_DIGITS * '9'}-{8 * 'f'}")
+            if longest > 63:
+                findings.append(Finding(f"{where}.endpoint_name", f"{stage.endpoint_name!r} leaves no room for the "
+                                        f"version in its model and endpoint-config names ({longest} > 63 characters)",
+                                        f"shorten it to at most {63 - longest + len(stage.endpoint_name)} "
+                                        "characters", "deploy-names"))  # fmt: skip
+            # The register step lists the production type's processor in the primary InferenceSpecification and
+            # the other processor's in AdditionalInferenceSpecifications: each stage's type must be declared.
+            if stage.instance_type not in config.registry.inference_instance_types:
+                findings.append(Finding(f"{where}.instance_type", f"{stage.instance_type} is not among "
+                                        "registry.inference_instance_types, so the model package does not declare it",
+                                        "add it to registry.inference_instance_types", "deploy-type-registered"))
     return findings
+
+
+def _stages(config: Config) -> list[tuple[str, object]]:
+    """``[("staging", stage), ("production", stage)]``: the endpoints the deploy Lambda creates."""
+    return [(name, getattr(config.deploy.stages, name)) for name in ("staging", "production")]
 
 
 def config_findings(config: Config, definition: str | None = None) -> list[Finding]:

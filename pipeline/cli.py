@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-COMMAND_MODULES = ("data", "aws", "local", "serving", "tracking")
+COMMAND_MODULES = ("data", "aws", "local", "serving", "tracking", "approval")
 
 
 def make_console():

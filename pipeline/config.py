@@ -350,26 +350,87 @@ class Registry(_Model):
         return [_instance_type(v) for v in value]
 
 
-class Deploy(_Model):
-    """The ``deploy`` LambdaStep: creates or updates a real-time endpoint from the registered model package."""
+class Stage(_Model):
+    """One endpoint of the release path (``deploy.stages.staging`` / ``.production``)."""
 
-    enabled: bool = True
-    endpoint_name: str = "image-classification"
+    endpoint_name: str
     instance_type: str = "ml.m5.large"
     initial_instance_count: int = Field(1, ge=1)
+
+    _check_type = field_validator("instance_type")(_instance_type)
+    _check_name = field_validator("endpoint_name")(_name)
+
+
+class Stages(_Model):
+    """Approval deploys to ``staging``; ``promote`` deploys what staging serves to ``production``."""
+
+    staging: Stage = Field(default_factory=lambda: Stage(endpoint_name="image-classification-staging"))
+    production: Stage = Field(default_factory=lambda: Stage(endpoint_name="image-classification"))
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Stages:
+        if self.staging.endpoint_name == self.production.endpoint_name:
+            raise ValueError(f"staging and production both use endpoint {self.staging.endpoint_name!r}: give each "
+                             "stage its own endpoint_name")
+        return self
+
+
+class Rollout(_Model):
+    """Blue/green update with canary traffic shifting (SageMaker ``DeploymentConfig.BlueGreenUpdatePolicy``).
+
+    ``canary_percent``: share of the traffic (instances in AWS) the new fleet gets first; ``wait_interval_s``: how
+    long the canary bakes before the rest shifts; ``termination_wait_s``: how long the old fleet stays after the
+    switch; ``canary_requests``: requests the new model must answer before the switch (local mode sends them if
+    traffic does not); alarms (5xx, model latency over ``max_model_latency_ms``) roll the update back.
+    """
+
+    canary_percent: int = Field(10, ge=1, le=50)
+    wait_interval_s: int = Field(300, ge=0, le=3600)
+    termination_wait_s: int = Field(0, ge=0, le=3600)
+    canary_requests: int = Field(5, ge=1, le=1000)
+    max_model_latency_ms: int = Field(2000, ge=1)
+
+
+class DataCapture(_Model):
+    """Endpoint data capture (``DataCaptureConfig``): requests and responses as JSON Lines under ``s3_prefix``."""
+
+    enabled: bool = True
+    sampling_percentage: int = Field(100, ge=0, le=100)
+    #: under ``s3://<bucket>/<prefix>/<pipeline_name>/``; SageMaker adds ``<endpoint>/<variant>/yyyy/mm/dd/hh``.
+    s3_prefix: str = "data-capture"
+
+
+class Deploy(_Model):
+    """Endpoints from registered model packages: the pipeline's ``deploy`` LambdaStep, ``approve`` and ``promote``."""
+
+    enabled: bool = True
+    stages: Stages = Field(default_factory=Stages)
+    rollout: Rollout = Field(default_factory=Rollout)
+    data_capture: DataCapture = Field(default_factory=DataCapture)
     lambda_function_name: str = "image-classification-deploy"
     lambda_role_arn: str | None = None
     lambda_timeout_s: int = Field(120, ge=1, le=900)
 
-    _check_type = field_validator("instance_type")(_instance_type)
     _check_role = field_validator("lambda_role_arn")(_role_arn)
-    _check_name = field_validator("endpoint_name")(_name)
 
     @model_validator(mode="after")
     def _role_when_enabled(self) -> Deploy:
         if self.enabled and not self.lambda_role_arn:
             raise ValueError("deploy.enabled needs lambda_role_arn (docs/iam/deploy-lambda-role.json)")
         return self
+
+
+class Notifications(_Model):
+    """``topic_arn``: SNS topic told of failed or stopped executions and failed or rolled-back deployments."""
+
+    topic_arn: str | None = None
+
+    @field_validator("topic_arn")
+    @classmethod
+    def _topic(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[\w-]{1,256}$", value):
+            raise ValueError(f"{value!r} is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)")
+        return value
 
 
 class Schedule(_Model):
@@ -456,6 +517,7 @@ class Config(_Model):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     registry: Registry = Field(default_factory=Registry)
     deploy: Deploy = Field(default_factory=Deploy)
+    notifications: Notifications = Field(default_factory=Notifications)
     schedule: Schedule = Field(default_factory=Schedule)
     security: Security = Field(default_factory=Security)
     tags: dict[str, str] = Field(default_factory=dict)

@@ -90,8 +90,11 @@ def estimate(config: Config, prices: dict | None = None) -> Estimate:
     ) / 60
     endpoint = None
     if config.deploy.enabled:
-        hosting = _price(prices, "hosting", config.deploy.instance_type)
-        endpoint = hosting * config.deploy.initial_instance_count * minutes.endpoint_hours_per_month
+        stages = (config.deploy.stages.staging, config.deploy.stages.production)
+        endpoint = sum(
+            _price(prices, "hosting", stage.instance_type) * stage.initial_instance_count
+            for stage in stages
+        ) * minutes.endpoint_hours_per_month
     notes = []
     if config.region != prices.get("region"):
         notes.append(f"prices are for {prices.get('region')}; {config.region} differs (usually by a few percent)")
@@ -112,7 +115,7 @@ def render(result: Estimate) -> str:
     rows.append(f"{'one execution':<26} {'':<16} {'':>5} {'':>7} {result.total:>9.2f}")
     rows.append(f"wall time of one execution: about {result.wall_hours:.1f} h (tuning rounds run in parallel)")
     if result.endpoint_monthly is not None:
-        rows.append(f"endpoint while it runs: {result.endpoint_monthly:.2f} USD per month")
+        rows.append(f"endpoints (staging + production) while they run: {result.endpoint_monthly:.2f} USD per month")
     rows.append(f"prices: on-demand, as of {result.as_of}, {result.source}")
     rows.extend(f"note: {note}" for note in result.notes)
     return "\n".join(rows)

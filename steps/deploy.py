@@ -1,12 +1,13 @@
-"""``deploy``: LambdaStep that creates or updates the real-time endpoint from the registered model package.
+"""``deploy``: LambdaStep that deploys the registered model package to the staging endpoint.
 
 The function (``deploy.lambda_function_name``) runs ``entrypoints/deploy_endpoint.py``'s ``handler``; ``upsert``
-creates or updates it. Inputs (the handler's event): ``model_package_arn`` (the register step's
-``ModelPackageArn``), ``endpoint_name``, ``instance_type``, ``initial_instance_count`` and ``role_arn`` (the role
-the endpoint's model runs as: the pipeline role), ``network_isolation`` and, when configured, ``kms_key_id`` (not
-for instance types with instance store, whose local disks the hardware encrypts: :mod:`pipeline.instances`),
-``subnets`` and ``security_group_ids`` (comma-separated). Outputs: ``endpoint_name`` and ``status`` (``Creating``,
-``Updating`` or ``Skipped`` when the package is not Approved).
+creates or updates it. Inputs (the handler's event, :func:`pipeline.release.stage_event`): ``model_package_arn``
+(the register step's ``ModelPackageArn``), the staging stage's ``endpoint_name``, ``instance_type`` and
+``initial_instance_count``, ``role_arn`` (the role the endpoint's model runs as: the pipeline role), the endpoint's
+protections (``network_isolation``, ``kms_key_id``, ``subnets``, ``security_group_ids``), data capture and the
+blue/green rollout settings. Outputs: ``endpoint_name``, ``status`` (the endpoint's outcome when it ends within the
+function's timeout: ``InService``, ``RolledBack``, ``Failed``; else ``Creating``/``Updating``; ``Unchanged``;
+``Skipped`` when the package is not Approved) and ``reason``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from sagemaker.lambda_helper import Lambda
 from sagemaker.workflow.lambda_step import LambdaOutput, LambdaOutputTypeEnum, LambdaStep
 from sagemaker.workflow.model_step import ModelStep
 
-from pipeline.instances import volume_kms_key
 from steps.context import StepContext
 
 STEP_NAME = "deploy"
@@ -29,30 +29,19 @@ def function_arn(ctx: StepContext) -> str:
 
 
 def build(ctx: StepContext, register: ModelStep) -> LambdaStep:
-    """Return the ``deploy`` step (not cached: it acts on an endpoint, and LambdaStep takes no CacheConfig)."""
-    deploy = ctx.config.deploy
-    security = ctx.config.security
-    # The endpoint gets the same protections as the jobs: its volume key, VPC and network isolation.
-    protections = {"network_isolation": "true" if security.enable_network_isolation else "false"}
-    # CreateEndpointConfig takes no KmsKeyId for instance types with local storage (pipeline.instances)
-    if volume_kms_key(deploy.instance_type, security.kms_key_id):
-        protections["kms_key_id"] = security.kms_key_id
-    if security.subnets:
-        protections["subnets"] = ",".join(security.subnets)
-        protections["security_group_ids"] = ",".join(security.security_group_ids)
+    """Return the ``deploy`` step (not cached: it acts on an endpoint, and LambdaStep takes no CacheConfig).
+
+    It deploys to the staging endpoint (``deploy.stages.staging``): production is reached only by ``promote``.
+    """
+    from pipeline.release import stage_event
+
     return LambdaStep(
         name=STEP_NAME,
         lambda_func=Lambda(function_arn=function_arn(ctx), session=ctx.session),
-        inputs={
-            "model_package_arn": register.properties.ModelPackageArn,
-            "endpoint_name": deploy.endpoint_name,
-            "instance_type": deploy.instance_type,
-            "initial_instance_count": deploy.initial_instance_count,
-            "role_arn": ctx.config.role_arn,
-            **protections,
-        },
+        inputs={"model_package_arn": register.properties.ModelPackageArn, **stage_event(ctx.config, "staging")},
         outputs=[
             LambdaOutput(output_name="endpoint_name", output_type=LambdaOutputTypeEnum.String),
             LambdaOutput(output_name="status", output_type=LambdaOutputTypeEnum.String),
+            LambdaOutput(output_name="reason", output_type=LambdaOutputTypeEnum.String),
         ],
     )

@@ -7,11 +7,11 @@ Approval status: the ``ModelApprovalStatus`` parameter. The SDK names the defini
 ``register-RegisterModel`` (a ModelStep appends the request type to its name).
 
 Images: a model package's ``InferenceSpecification`` has one image, and the AWS PyTorch inference images are
-built per processor (``-cpu-``/``-gpu-`` tags). The primary specification carries the image for
-``deploy.instance_type`` (what the deploy Lambda's CreateModel from the package uses) and the registry's instance
-types of the same processor; the types of the other processor (e.g. ``ml.g4dn.xlarge`` beside ``ml.m5.large``) go
-to one ``AdditionalInferenceSpecifications`` entry with that processor's image (CreateModelPackage API), so an
-endpoint on a GPU type gets the GPU image.
+built per processor (``-cpu-``/``-gpu-`` tags). The primary specification carries the image for the production
+endpoint's ``deploy.stages.production.instance_type`` (what the deploy Lambda's CreateModel from the package uses)
+and the registry's instance types of the same processor; the types of the other processor (e.g.
+``ml.g4dn.xlarge`` beside ``ml.m5.large``) go to one ``AdditionalInferenceSpecifications`` entry with that
+processor's image (CreateModelPackage API), so an endpoint on a GPU type gets the GPU image.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ INFERENCE_ENV = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTOR
 
 
 def inference_image(ctx: StepContext, instance_type: str | None = None) -> str:
-    """The PyTorch inference image for ``instance_type`` (default: the endpoint's ``deploy.instance_type``)."""
-    return ctx.image_uri("inference", instance_type or ctx.config.deploy.instance_type)
+    """The PyTorch inference image for ``instance_type`` (default: the production endpoint's type)."""
+    return ctx.image_uri("inference", instance_type or ctx.config.deploy.stages.production.instance_type)
 
 
 def split_by_processor(ctx: StepContext, types: list[str]) -> tuple[list[str], list[str]]:
-    """``types`` split into those of ``deploy.instance_type``'s processor (GPU or CPU) and the others."""
-    gpu = is_gpu(ctx.config.deploy.instance_type)
+    """``types`` split into those of the production endpoint's processor (GPU or CPU) and the others."""
+    gpu = is_gpu(ctx.config.deploy.stages.production.instance_type)
     return [t for t in types if is_gpu(t) == gpu], [t for t in types if is_gpu(t) != gpu]
 
 
@@ -82,7 +82,7 @@ def build(ctx: StepContext, train: TrainingStep, evaluate: ProcessingStep) -> Mo
     step_args = model.register(
         content_types=config.registry.content_types,
         response_types=config.registry.response_types,
-        # `pipeline check` reports a deploy.instance_type missing from inference_instance_types
+        # `pipeline check` reports a stage instance type missing from inference_instance_types
         inference_instances=realtime or config.registry.inference_instance_types,
         transform_instances=transform or None,
         model_package_group_name=config.model_package_group,

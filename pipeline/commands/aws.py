@@ -285,7 +285,8 @@ def cmd_teardown(args) -> int:
     from pipeline import aws
 
     config = _config(args)
-    what = f"endpoint {config.deploy.endpoint_name} (+ its configs and models) and schedule {aws.schedule_name(config)}"
+    endpoints = " and ".join(s.endpoint_name for s in (config.deploy.stages.staging, config.deploy.stages.production))
+    what = f"endpoints {endpoints} (+ their configs, models, alarms and rules), schedule {aws.schedule_name(config)}"
     if args.delete_pipeline:
         what += f", pipeline {config.pipeline_name} and Lambda {config.deploy.lambda_function_name}"
     if not args.yes:

@@ -195,15 +195,27 @@ class ModelRegistry:
             )
         return packages[-1]
 
-    def update_model_package(self, name: str, approval_status: str) -> dict:
-        """UpdateModelPackage: set ``ModelApprovalStatus``. Returns the new description."""
+    def update_model_package(self, name: str, approval_status: str, approval_description: str | None = None) -> dict:
+        """UpdateModelPackage: set ``ModelApprovalStatus`` (and ``ApprovalDescription``). Returns the new description.
+
+        SageMaker allows any of the three statuses from any other (a Rejected version can be approved later); the
+        description records who decided and why (https://docs.aws.amazon.com/sagemaker/latest/APIReference/
+        API_UpdateModelPackage.html: ApprovalDescription, at most 1024 characters).
+
+        Raises:
+            RegistryError: an unknown status, a description over 1024 characters, or no such package.
+        """
         if approval_status not in APPROVAL_STATUSES:
             raise RegistryError(
                 f"ModelApprovalStatus {approval_status!r}: expected one of {', '.join(APPROVAL_STATUSES)}"
             )
+        if approval_description is not None and len(approval_description) > 1024:
+            raise RegistryError(f"ApprovalDescription has {len(approval_description)} characters; at most 1024")
         description = self.describe_model_package(name)
         with self._locked(description["ModelPackageGroupName"]) as folder:
             description.update(ModelApprovalStatus=approval_status, LastModifiedTime=time.time())
+            if approval_description is not None:
+                description["ApprovalDescription"] = approval_description
             atomic_write_json(folder / f"{description['ModelPackageVersion']}.json", description)
         return description
 

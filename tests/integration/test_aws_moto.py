@@ -53,7 +53,8 @@ def config(aws_env, request):
             f"role_arn={roles['pipeline']}",
             f"deploy.lambda_role_arn={roles['lambda']}",
             f"deploy.lambda_function_name={name}-deploy",
-            f"deploy.endpoint_name={name}-endpoint",
+            f"deploy.stages.staging.endpoint_name={name}-staging",
+            f"deploy.stages.production.endpoint_name={name}-endpoint",
             f"schedule.role_arn={roles['scheduler']}",
         ]
     )
@@ -143,7 +144,7 @@ def test_teardown_is_idempotent(config):
     aws.upsert(config)
     aws.schedule(config, rate="7 days")
     sm = boto3.client("sagemaker", region_name=REGION)
-    endpoint = config.deploy.endpoint_name
+    endpoint = config.deploy.stages.production.endpoint_name
     sm.create_model(ModelName=f"{endpoint}-v1", ExecutionRoleArn=config.role_arn,
                     PrimaryContainer={"Image": "123.dkr.ecr.us-east-1.amazonaws.com/x:1"})  # fmt: skip
     sm.create_endpoint_config(
@@ -194,13 +195,13 @@ def test_deploy_lambda_handler_creates_then_keeps_the_endpoint(config):
             "SupportedResponseMIMETypes": ["application/json"],
         },
     )["ModelPackageArn"]  # fmt: skip
-    event = {"model_package_arn": package_arn, "endpoint_name": config.deploy.endpoint_name,
+    event = {"model_package_arn": package_arn, "endpoint_name": config.deploy.stages.staging.endpoint_name,
              "instance_type": "ml.m5.large", "initial_instance_count": 1, "role_arn": config.role_arn}  # fmt: skip
-    assert deploy(event, sm)["status"] == "Skipped"
+    assert deploy(event, sm, boto3.client("cloudwatch", region_name=REGION))["status"] == "Skipped"
     sm.update_model_package(ModelPackageArn=package_arn, ModelApprovalStatus="Approved")
     first = deploy(event, sm)
     assert first["status"] == "Creating"
-    assert sm.describe_endpoint(EndpointName=config.deploy.endpoint_name)["EndpointConfigName"] == (
+    assert sm.describe_endpoint(EndpointName=config.deploy.stages.staging.endpoint_name)["EndpointConfigName"] == (
         first["endpoint_config_name"]
     )
     assert deploy(event, sm)["status"] == "Unchanged"  # a retried step does not redeploy

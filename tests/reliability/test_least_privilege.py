@@ -39,7 +39,8 @@ OPERATOR_POLICY = "operator-policy.json"
 EXECUTION_POLICY = "pipeline-execution-role.json"
 SCHEDULER_POLICY = "scheduler-role.json"
 IAM_PREFIX = {"sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker", "s3": "s3", "lambda": "lambda",
-              "scheduler": "scheduler", "iam": "iam", "sts": "sts", "logs": "logs"}
+              "scheduler": "scheduler", "iam": "iam", "sts": "sts", "logs": "logs", "events": "events",
+              "sns": "sns", "cloudwatch": "cloudwatch"}
 #: S3 operations whose IAM actions have other names. HeadObject: "you must have the s3:GetObject permission", and
 #: "If the object you request doesn't exist ... If you have the s3:ListBucket permission on the bucket, Amazon S3
 #: returns an HTTP status code 404 Not Found error. If you don't have the s3:ListBucket permission, Amazon S3

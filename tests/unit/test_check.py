@@ -59,7 +59,7 @@ def kms_default_types():
 def kms_other_types():
     """A KMS key with m5 training (EBS), r5d processing (instance store), a g4dn endpoint, and two instances."""
     return built(f"security.kms_key_id={KEY}", "instances.training_type=ml.m5.xlarge",
-                 "instances.processing_type=ml.r5d.xlarge", "deploy.instance_type=ml.g4dn.xlarge",
+                 "instances.processing_type=ml.r5d.xlarge", "deploy.stages.production.instance_type=ml.g4dn.xlarge",
                  "instances.training_count=2")  # fmt: skip
 
 
@@ -289,8 +289,10 @@ def test_upsert_runs_check_before_any_aws_call(shape_breaking, monkeypatch):
         (["tuning.ranges.epochs.scaling=ReverseLogarithmic"], "range-scaling", "tuning.ranges.epochs"),
         (["training.spot=true", "training.max_wait_s=3600"], "spot-wait", "training.max_wait_s"),
         ([f"deploy.lambda_function_name={'f' * 65}"], "lambda-name", "deploy.lambda_function_name"),
-        (["deploy.instance_type=ml.c5.xlarge"], "deploy-type-registered", "deploy.instance_type"),
-        ([f"deploy.endpoint_name={'e' * 49}"], "deploy-names", "deploy.endpoint_name"),
+        (["deploy.stages.staging.instance_type=ml.c5.xlarge"], "deploy-type-registered",
+         "deploy.stages.staging.instance_type"),
+        ([f"deploy.stages.production.endpoint_name={'e' * 49}"], "deploy-names",
+         "deploy.stages.production.endpoint_name"),
     ],
 )  # fmt: skip
 def test_each_config_rule_names_the_key_and_the_fix(overrides, rule, where):

@@ -264,6 +264,9 @@ def test_register_and_deploy(definition):
     deploy = steps["deploy"]
     assert deploy["FunctionArn"] == "arn:aws:lambda:us-east-1:111122223333:function:image-classification-deploy"
     assert gets(deploy["Arguments"]["model_package_arn"]) == ["Steps.register-RegisterModel.ModelPackageArn"]
+    # The pipeline deploys to staging only; production is reached by `promote` (docs/aws.md).
+    assert deploy["Arguments"]["endpoint_name"] == "image-classification-staging"
+    assert deploy["Arguments"]["data_capture_uri"].endswith("/image-classification/data-capture")
 
 
 def test_code_bundle_is_in_definition_and_uploads(default_build, definition):

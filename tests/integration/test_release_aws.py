@@ -1,0 +1,214 @@
+"""The approval-to-production calls against moto's server on loopback: UpdateModelPackage, the EventBridge rules
+and their targets, the Lambda permission, the SNS topic policy, CloudWatch alarms, endpoint configs with
+DataCaptureConfig, and UpdateEndpoint's DeploymentConfig (moto 5.2.5 has no UpdateEndpoint: that one call is
+checked against botocore's service model, the shape AWS validates, and recorded).
+"""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from botocore.exceptions import ParamValidationError
+from botocore.validate import validate_parameters
+from deploy_endpoint import EndpointBusyError, alarm_names, deploy  # noqa: E402
+
+import pipeline._entrypoints  # noqa: F401
+from pipeline import aws, release  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+
+ACCOUNT, REGION = "123456789012", "us-east-1"
+IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6-cpu-py312"
+# The documented example of a model package state change (automating-sagemaker-with-eventbridge.html), with this
+# test's group and an approval.
+PACKAGE_EVENT = {
+    "version": "0", "id": "844e2571-85d4-695f-b930-0153b71dcb42", "detail-type": "SageMaker Model Package State Change",
+    "source": "aws.sagemaker", "account": ACCOUNT, "time": "2021-02-24T17:00:14Z", "region": REGION,
+    "resources": [f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package/GROUP/2"],
+    "detail": {"ModelPackageGroupName": "GROUP", "ModelPackageVersion": 2,
+               "ModelPackageArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package/GROUP/2",
+               "ModelPackageStatus": "Completed", "ModelApprovalStatus": "Approved"},
+}  # fmt: skip
+
+
+@pytest.fixture
+def aws_env(moto_server_url, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    return moto_server_url
+
+
+@pytest.fixture
+def config(aws_env, request):
+    """Roles that exist in moto's IAM, an SNS topic, names unique to the test (moto's state is per module)."""
+    name = request.node.name.replace("_", "-")[:36].strip("-")
+    iam = boto3.client("iam", region_name=REGION)
+    roles = {}
+    for role in ("pipeline", "lambda"):
+        try:
+            roles[role] = iam.create_role(RoleName=f"{name}-{role}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        except iam.exceptions.EntityAlreadyExistsException:
+            roles[role] = f"arn:aws:iam::{ACCOUNT}:role/{name}-{role}"
+    bucket = f"bucket-{name}".lower()
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket=bucket)
+    topic = boto3.client("sns", region_name=REGION).create_topic(Name=f"{name}-alerts")["TopicArn"]
+    return load_config(overrides=[
+        f"pipeline_name={name}", f"model_package_group={name}-models", f"bucket={bucket}",
+        f"role_arn={roles['pipeline']}", f"deploy.lambda_role_arn={roles['lambda']}",
+        f"deploy.lambda_function_name={name}-deploy", f"notifications.topic_arn={topic}",
+        f"deploy.stages.staging.endpoint_name={name}-staging", f"deploy.stages.production.endpoint_name={name}-prod",
+    ])  # fmt: skip
+
+
+def _package(sm, config, data_url: str, status: str = "PendingManualApproval") -> str:
+    sm.create_model_package_group(ModelPackageGroupName=config.model_package_group) if not sm.list_model_package_groups(
+        NameContains=config.model_package_group)["ModelPackageGroupSummaryList"] else None
+    return sm.create_model_package(
+        ModelPackageGroupName=config.model_package_group, ModelApprovalStatus=status,
+        InferenceSpecification={"Containers": [{"Image": IMAGE, "ModelDataUrl": data_url}],
+                                "SupportedContentTypes": ["application/x-image"],
+                                "SupportedResponseMIMETypes": ["application/json"]},
+    )["ModelPackageArn"]  # fmt: skip
+
+
+def _matches(pattern: dict, event: dict) -> bool:
+    """EventBridge's matching of ``event`` by ``pattern`` (moto's implementation: moto has no TestEventPattern)."""
+    from moto.events.models import EventPattern
+
+    return EventPattern.load(json.dumps(pattern)).matches_event(event)
+
+
+def test_upsert_creates_the_approval_and_notification_rules_and_teardown_removes_them(config):
+    aws.upsert(config)
+    events, lam = boto3.client("events", region_name=REGION), boto3.client("lambda", region_name=REGION)
+    names = release.rule_names(config)
+    rule = events.describe_rule(Name=names["approval"])
+    pattern = json.loads(rule["EventPattern"])
+    group = config.model_package_group
+    approved = json.loads(json.dumps(PACKAGE_EVENT).replace("GROUP", group))
+    assert _matches(pattern, approved)
+    assert not _matches(pattern, {**approved, "detail": {**approved["detail"], "ModelApprovalStatus": "Rejected"}})
+    assert not _matches(pattern, json.loads(json.dumps(PACKAGE_EVENT).replace("GROUP", "another-group")))
+
+    (target,) = events.list_targets_by_rule(Rule=names["approval"])["Targets"]
+    function_arn = lam.get_function(FunctionName=config.deploy.lambda_function_name)["Configuration"]["FunctionArn"]
+    assert target["Arn"] == function_arn
+    transformer = target["InputTransformer"]
+    assert transformer["InputPathsMap"] == {"arn": "$.detail.ModelPackageArn"}
+    # What the Lambda receives: the template with <arn> replaced by the event's package ARN.
+    delivered = json.loads(transformer["InputTemplate"].replace("<arn>", approved["detail"]["ModelPackageArn"]))
+    assert delivered["model_package_arn"] == approved["detail"]["ModelPackageArn"]
+    assert delivered["endpoint_name"] == config.deploy.stages.staging.endpoint_name
+    assert delivered["data_capture_uri"].endswith("/data-capture") and delivered["canary_percent"] == 10
+
+    policy = json.loads(lam.get_policy(FunctionName=config.deploy.lambda_function_name)["Policy"])
+    (statement,) = [s for s in policy["Statement"] if s["Sid"] == f"{names['approval']}-invoke"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == rule["Arn"]
+
+    topic = config.notifications.topic_arn
+    for key in ("pipeline_failed", "endpoint_failed"):
+        assert [t["Arn"] for t in events.list_targets_by_rule(Rule=names[key])["Targets"]] == [topic]
+    failed_pipeline = json.loads(events.describe_rule(Name=names["pipeline_failed"])["EventPattern"])
+    assert failed_pipeline["detail"]["currentPipelineExecutionStatus"] == ["Failed", "Stopped"]
+    topic_policy = json.loads(boto3.client("sns", region_name=REGION).get_topic_attributes(TopicArn=topic)[
+        "Attributes"]["Policy"])
+    assert any(s.get("Principal") == {"Service": "events.amazonaws.com"} and s["Action"] == "sns:Publish"
+               for s in topic_policy["Statement"])
+
+    aws.upsert(config)  # again: the permission is there already, nothing fails
+    deleted = aws.teardown(config)
+    assert {f"rule {name}" for name in names.values()} <= set(deleted)
+    assert f"permission {names['approval']}-invoke" in deleted
+    assert events.list_rules(NamePrefix=config.pipeline_name)["Rules"] == []
+    assert not any(f"rule {n}" in aws.teardown(config) for n in names.values())  # second run: nothing left
+
+
+def test_approve_and_reject_update_the_model_package(config):
+    sm = boto3.client("sagemaker", region_name=REGION)
+    first = _package(sm, config, f"s3://{config.bucket}/v1/model.tar.gz")
+    second = _package(sm, config, f"s3://{config.bucket}/v2/model.tar.gz")
+    assert release.set_approval(config, None, "Approved", "QA passed")["ModelPackageArn"] == second  # newest pending
+    described = sm.describe_model_package(ModelPackageName=second)
+    assert described["ModelApprovalStatus"] == "Approved" and described["ApprovalDescription"] == "QA passed"
+    release.set_approval(config, "1", "Rejected", "worse on sevens")
+    assert sm.describe_model_package(ModelPackageName=first)["ModelApprovalStatus"] == "Rejected"
+    with pytest.raises(aws.UserError, match="has no PendingManualApproval version"):
+        release.set_approval(config, None, "Approved", "nothing left")
+
+
+class Recorder:
+    """moto's SageMaker client, except UpdateEndpoint (not in moto 5.2.5): its parameters are validated against
+    botocore's service model, recorded, and the endpoint moved to the new config; ``status`` overrides
+    DescribeEndpoint's EndpointStatus."""
+
+    def __init__(self, client):
+        self.client, self.updates, self.status = client, [], None
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def describe_endpoint(self, **kwargs):
+        described = self.client.describe_endpoint(**kwargs)
+        return {**described, "EndpointStatus": self.status or described["EndpointStatus"]}
+
+    def update_endpoint(self, **kwargs):
+        shape = self.client.meta.service_model.operation_model("UpdateEndpoint").input_shape
+        validate_parameters(kwargs, shape)  # raises ParamValidationError on a request AWS would refuse
+        self.updates.append(kwargs)
+        return {"EndpointArn": "recorded"}
+
+
+def test_deploy_lambda_captures_data_guards_updates_and_skips_what_already_serves(config):
+    sm = boto3.client("sagemaker", region_name=REGION)
+    cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+    recorder = Recorder(sm)
+    event = {**release.stage_event(config, "staging"),
+             "model_package_arn": _package(sm, config, f"s3://{config.bucket}/v1/model.tar.gz", "Approved")}
+    first = deploy(event, recorder, cloudwatch, wait_s=5)
+    assert first["status"] == "InService", first  # moto's endpoints are InService at once: the real outcome
+    endpoint = config.deploy.stages.staging.endpoint_name
+    capture = sm.describe_endpoint_config(EndpointConfigName=first["endpoint_config_name"])["DataCaptureConfig"]
+    assert capture["EnableCapture"] and capture["InitialSamplingPercentage"] == 100
+    assert capture["DestinationS3Uri"] == config.s3_uri("data-capture")
+    assert {o["CaptureMode"] for o in capture["CaptureOptions"]} == {"Input", "Output"}
+    alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNames=alarm_names(endpoint))["MetricAlarms"]}
+    assert alarms[f"{endpoint}-invocation-5xx"]["MetricName"] == "Invocation5XXErrors"
+    assert alarms[f"{endpoint}-model-latency"]["Threshold"] == 2000 * 1000  # microseconds
+    assert {d["Name"] for d in alarms[f"{endpoint}-model-latency"]["Dimensions"]} == {"EndpointName", "VariantName"}
+
+    # A new version with the same model artifacts: the endpoint is left as it is.
+    same = {**event, "model_package_arn": _package(sm, config, f"s3://{config.bucket}/v1/model.tar.gz", "Approved")}
+    assert deploy(same, recorder, cloudwatch)["status"] == "Unchanged" and recorder.updates == []
+
+    # New artifacts: a blue/green update with canary traffic, rolled back by the endpoint's alarms.
+    new = {**event, "model_package_arn": _package(sm, config, f"s3://{config.bucket}/v3/model.tar.gz", "Approved")}
+    assert deploy(new, recorder, cloudwatch)["status"] == "Updating"
+    (update,) = recorder.updates
+    policy = update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+    assert policy == {"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10},
+                      "WaitIntervalInSeconds": 300}
+    assert update["DeploymentConfig"]["AutoRollbackConfiguration"] == {
+        "Alarms": [{"AlarmName": name} for name in alarm_names(endpoint)]}
+
+    # An endpoint that is updating is not updated again: the function says so (the rule's retry waits).
+    recorder.status = "Updating"
+    newer = {**event, "model_package_arn": _package(sm, config, f"s3://{config.bucket}/v4/model.tar.gz", "Approved")}
+    with pytest.raises(EndpointBusyError, match="is Updating"):
+        deploy(newer, recorder, cloudwatch)
+    assert len(recorder.updates) == 1
+
+
+def test_the_update_request_shape_is_checked():
+    """The Recorder refuses what AWS would: a DeploymentConfig with a misspelt key fails validation."""
+    shape = boto3.client("sagemaker", region_name=REGION).meta.service_model.operation_model(
+        "UpdateEndpoint").input_shape
+    with pytest.raises(ParamValidationError):
+        validate_parameters({"EndpointName": "e", "EndpointConfigName": "c",
+                             "DeploymentConfig": {"BlueGreenUpdatePolicy": {"TrafficRouting": {}}}}, shape)
