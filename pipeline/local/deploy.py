@@ -10,11 +10,11 @@ Outputs (the LambdaStep's ``OutputParameters``, as the real handler returns them
 ``status`` (``InService`` locally once /ping answered, ``Unchanged`` when the endpoint already serves the same
 model artifacts, ``Skipped`` for a package that is not Approved), ``endpoint_url`` and ``model_package_arn``.
 
-What each local endpoint serves is recorded in ``<store>/_endpoints/<endpoint name>.json`` (``ModelDataUrl``, its
-SHA-256, the package ARN). A package whose ``ModelDataUrl`` and archive SHA-256 equal the recorded ones (a
-scheduled run with no new data: the training step was a cache hit, RegisterModel made a new version of the same
-artifacts) leaves the endpoint untouched: no restart, status ``Unchanged``. Without the ``serve`` command in this
-checkout the step is ``Skipped`` with that reason.
+What the deploy step last put on each endpoint is recorded in ``<store>/_deployments/<endpoint name>.json``
+(``ModelDataUrl``, its SHA-256, the package ARN). A package whose ``ModelDataUrl`` and archive SHA-256 equal the
+recorded ones (a scheduled run with no new data: the training step was a cache hit, RegisterModel made a new
+version of the same artifacts) leaves the endpoint untouched: no restart, status ``Unchanged``. Without the
+``serve`` command in this checkout the step is ``Skipped`` with that reason.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from pipeline.local.executor import LocalExecution, StepNode
 
 _PACKAGE_ARN = re.compile(r":model-package/[^/]+/\d+$")
-ENDPOINTS_FOLDER = "_endpoints"
+#: Not ``_endpoints``: that folder holds the long-lived stage endpoints' state (pipeline.local.stages).
+DEPLOYMENTS_FOLDER = "_deployments"
 
 
 def _outputs(node: StepNode, values: dict) -> dict:
@@ -87,7 +88,7 @@ def run_deploy(execution: LocalExecution, node: StepNode, arguments: dict) -> di
                 "Reason": reason,
             },
         }
-    record_path = execution.store.root / ENDPOINTS_FOLDER / f"{re.sub(r'[^a-zA-Z0-9-]', '-', endpoint_name)}.json"
+    record_path = execution.store.root / DEPLOYMENTS_FOLDER / f"{re.sub(r'[^a-zA-Z0-9-]', '-', endpoint_name)}.json"
     model_data_url = description["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
     serving = _read_json(record_path)
     if serving.get("ModelDataUrl") == model_data_url and serving.get("ModelDataSha256") == package["sha256"]:
