@@ -178,7 +178,7 @@ def test_train_reads_tuned_hyperparameters_and_split_channels(definition):
     for key in ("lr", "batch-size", "epochs", "momentum", "weight-decay"):
         assert gets(hp[key]) == [f"Steps.tune.BestTrainingJob.TunedHyperParameters['{key}']"]
     assert hp["sagemaker_program"] == '"train.py"'
-    assert hp["model"] == '"resnet18"'
+    assert hp["model"] == '"resnet50"' and hp["weights"] == '"IMAGENET1K_V2"'
     channels = {c["ChannelName"]: gets(c) for c in train["InputDataConfig"]}
     assert channels == {
         "train": ["Steps.split.ProcessingOutputConfig.Outputs['train'].S3Output.S3Uri"],
