@@ -22,7 +22,7 @@ def base() -> dict:
 def test_default_config_loads_and_local_block_merges():
     aws = load_config()
     local = load_config(local=True)
-    assert aws.training.image_size == 224 and local.training.image_size == 28
+    assert aws.training.image_size == local.training.image_size == 224  # the digits' 28 px: make run's --set
     assert (local.tuning.max_jobs, local.tuning.max_parallel_jobs) == (3, 2)
     assert local.registry.approval_status == "Approved"
     # deep merge: keys the local block does not name keep the top-level values

@@ -77,11 +77,18 @@ def test_command_parses_as_written(where, command):
         return
     argv = _argv(command)
     try:
-        build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exit_:
         if exit_.code == 0 and "--help" in argv:
             return
         pytest.fail(f"{where}: `{command}` is refused by the parser (exit {exit_.code})")
+    if getattr(args, "overrides", None):  # the config as the command would load it accepts its --set values
+        from pipeline.config import ConfigError, load_config
+
+        try:
+            load_config(args.config, args.overrides, local=args.command == "run-local")
+        except ConfigError as error:
+            pytest.fail(f"{where}: `{command}`: {error}")
 
 
 @pytest.fixture(scope="module")
