@@ -54,7 +54,7 @@ def config(aws_env, request):
             f"deploy.lambda_role_arn={roles['lambda']}",
             f"deploy.lambda_function_name={name}-deploy",
             f"deploy.stages.staging.endpoint_name={name}-staging",
-            f"deploy.stages.production.endpoint_name={name}-endpoint",
+            f"deploy.stages.production.endpoint_name={name}-prod",
             f"schedule.role_arn={roles['scheduler']}",
         ]
     )

@@ -84,7 +84,10 @@ VPC_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermissi
 SECURITY = ["--set", "security.kms_key_id=arn:aws:kms:us-east-1:111122223333:key/0a1b2c3d-1111-2222-3333-444455556666",
             "--set", "security.subnets=[subnet-0aaa1111, subnet-0bbb2222]", "--set",
             "security.security_group_ids=[sg-0ccc3333]", "--set", "security.enable_network_isolation=true", "--set",
-            "security.encrypt_inter_container_traffic=true"]
+            "security.encrypt_inter_container_traffic=true",
+            # network isolation gives the jobs no internet: pretrained weights come through the weights channel
+            "--set", "training.weights_uri=s3://sagemaker-image-classification/weights/resnet50.pth",
+            "--set", "training.weights=resnet50.pth"]
 
 
 @cache

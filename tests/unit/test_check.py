@@ -57,9 +57,9 @@ def kms_default_types():
 
 @pytest.fixture(scope="module")
 def kms_other_types():
-    """A KMS key with m5 training (EBS), r5d processing (instance store), a g4dn endpoint, and two instances."""
+    """A KMS key with m5 training (EBS), r5d processing (instance store), a g4dn staging endpoint, and two instances."""
     return built(f"security.kms_key_id={KEY}", "instances.training_type=ml.m5.xlarge",
-                 "instances.processing_type=ml.r5d.xlarge", "deploy.stages.production.instance_type=ml.g4dn.xlarge",
+                 "instances.processing_type=ml.r5d.xlarge", "deploy.stages.staging.instance_type=ml.g4dn.xlarge",
                  "instances.training_count=2")  # fmt: skip
 
 
@@ -284,8 +284,6 @@ def test_upsert_runs_check_before_any_aws_call(shape_breaking, monkeypatch):
          "registry.transform_instance_types"),
         (["tuning.ranges.momentum.scaling=ReverseLogarithmic", "tuning.ranges.momentum.max=1.5"], "range-scaling",
          "tuning.ranges.momentum"),
-        (["tuning.ranges.epochs.min=0", "tuning.ranges.epochs.scaling=Logarithmic"], "range-scaling",
-         "tuning.ranges.epochs"),
         (["tuning.ranges.epochs.scaling=ReverseLogarithmic"], "range-scaling", "tuning.ranges.epochs"),
         (["training.spot=true", "training.max_wait_s=3600"], "spot-wait", "training.max_wait_s"),
         ([f"deploy.lambda_function_name={'f' * 65}"], "lambda-name", "deploy.lambda_function_name"),
