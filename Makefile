@@ -21,9 +21,10 @@ run: $(STAMP)
 	$(PY) -m pipeline sample-data --out data/digits
 	$(PY) -m pipeline run-local --data data/digits $(DIGITS_SETTINGS) --demo
 
-## test: ruff, then the whole test suite
+## test: ruff, then the whole test suite (first builds the cached Python 3.12 venv of the container requirements)
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) tests/container_env.py --optional
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
