@@ -57,10 +57,10 @@ def kms_default_types():
 
 @pytest.fixture(scope="module")
 def kms_other_types():
-    """A KMS key with m5 training (EBS), r5d processing (instance store), a g4dn staging endpoint, and two instances."""
+    """A KMS key with m5 training (EBS), r5d processing (instance store), g4dn endpoints, and two instances."""
     return built(f"security.kms_key_id={KEY}", "instances.training_type=ml.m5.xlarge",
                  "instances.processing_type=ml.r5d.xlarge", "deploy.stages.staging.instance_type=ml.g4dn.xlarge",
-                 "instances.training_count=2")  # fmt: skip
+                 "deploy.stages.production.instance_type=ml.g4dn.xlarge", "instances.training_count=2")  # fmt: skip
 
 
 # -- defect 2: no volume KMS key on instance-store types ------------------------------------------------------------
