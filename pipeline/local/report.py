@@ -231,8 +231,14 @@ def _processing_detail(data: RunData, name: str) -> str:
     return ""
 
 
+def _in_split_order(totals: dict) -> dict:
+    """``{split: count}`` as split.py makes them: train, validation, test (then any other)."""
+    order = {name: index for index, name in enumerate(("train", "validation", "test"))}
+    return dict(sorted(totals.items(), key=lambda item: order.get(item[0], len(order))))
+
+
 def _split_detail(manifest: dict) -> str:
-    totals = manifest.get("totals") or {}
+    totals = _in_split_order(manifest.get("totals") or {})
     shown = ", ".join(f"{split} {count}" for split, count in totals.items())
     return (f"{sum(totals.values())} images of {len(manifest.get('classes', []))} classes: {shown}; "
             f"rejected {manifest.get('rejected', 0)}")
@@ -362,7 +368,7 @@ def _steps_section(data: RunData) -> str:
 def _data_section(data: RunData) -> str:
     manifest = data.processing_file("manifest.json")
     counts = manifest.get("counts") or {}
-    splits = list(manifest.get("totals") or {})
+    splits = list(_in_split_order(manifest.get("totals") or {}))
     if not counts or not splits:
         raise Unavailable("manifest.json holds no counts")
     rows = [[html.escape(name)] + [str(counts[name].get(split, 0)) for split in splits]
@@ -478,9 +484,10 @@ def _why(status: str, evidence: dict) -> str:
         where += f" ({focus['mode']}" + (f" step {focus['mode_step']})" if "mode_step" in focus else ")")
     what = str(focus.get("tensor") or focus.get("check") or "value")
     value, threshold = focus.get("value"), focus.get("threshold")
-    if "decrease_percent" in focus:  # LossNotDecreasing: the drop of the window mean is what is judged
-        what, value = f"{what} fell {_plain(focus['decrease_percent'])}% (needs more than", None
-        return f"{what} {_plain(threshold)}%) {where}".strip()
+    if "decrease_percent" in focus:  # LossNotDecreasing: the change of the window mean is what is judged
+        change = focus["decrease_percent"]
+        moved = f"fell {_plain(change)}%" if change >= 0 else f"rose {_plain(-change)}%"
+        return f"{what} window mean {moved} (needs to fall more than {_plain(threshold)}%) {where}".strip()
     if status == schemas.ISSUES_FOUND:
         text = f"{what} {_plain(value)} crossed the threshold {_plain(threshold)} {where}".strip()
     else:
