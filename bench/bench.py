@@ -11,6 +11,7 @@ machine's description. Rows (goals from issue 7):
 4. local pipeline: ``run-local`` wall time by step (the slowest row; ``--skip-pipeline`` leaves it out)
 5. tuning: trial-epochs until the best objective, pruning / none (goal <= 0.6x)
 6. peak memory (RSS; GPU memory where present) of training and serving
+7. epoch phases: where one epoch of the local pipeline's training goes (data, step, hook, validation, checkpoint)
 
 A row that cannot run (a part not built yet, a failure) prints ``not available: <why>`` instead of stopping the
 bench. Usage: ``.venv/bin/python bench/bench.py [--quick] [--rows 1,2,3] [--skip-pipeline] [--threads N]``.
@@ -41,9 +42,9 @@ from bench_common import (  # noqa: E402
 )
 
 ROW_NAMES = {1: "training loop", 2: "input pipeline", 3: "endpoint", 4: "local pipeline", 5: "tuning",
-             6: "peak memory"}
+             6: "peak memory", 7: "epoch phases"}
 #: Rows run in this order: the slowest (4) last, so that it gets whatever is left of the time budget.
-RUN_ORDER = (1, 2, 3, 5, 6, 4)
+RUN_ORDER = (1, 2, 3, 5, 6, 7, 4)
 
 
 def parse_rows(text: str) -> list[int]:
@@ -53,7 +54,7 @@ def parse_rows(text: str) -> list[int]:
     except ValueError:
         rows = []
     if not rows or any(row not in ROW_NAMES for row in rows):
-        raise argparse.ArgumentTypeError(f"--rows {text!r}: give a comma-separated subset of 1-6, e.g. 1,2,3")
+        raise argparse.ArgumentTypeError(f"--rows {text!r}: give a comma-separated subset of 1-7, e.g. 1,2,3")
     return rows
 
 
@@ -157,6 +158,10 @@ def run_row(row: int, args, photos: Path, bf16: bool, memory: dict, elapsed_s: f
 
         sizes = TuneSizes(trials=4, epochs=3, train_per_class=10, validation_per_class=5) if quick else TuneSizes()
         return row_tuning(sizes, threads)
+    if row == 7:
+        from bench_phases import row_epoch_phases
+
+        return row_epoch_phases(threads, steps=2 if quick else 8, per_class=40 if quick else 500)
     from bench_memory import row_memory
 
     return row_memory(photos, train_sizes.image_size, train_sizes.batch_size, 1 if quick else 3, threads, memory)

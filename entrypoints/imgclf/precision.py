@@ -30,6 +30,10 @@ AMP_SETTINGS = ("auto", "true", "false", "bfloat16", "float16")
 #: timed twice on a busy 2-core host varied by a few percent, and a tie is not worth the lower precision.
 TRAINING_MIN_SPEEDUP = 1.1
 
+#: Images of the candidate's first, cheap timing. Two, not one: a training-mode BatchNorm over a 1x1 feature map
+#: (resnet18's last block at 28 px) refuses a batch of one.
+PROBE_FEW_IMAGES = 2
+
 #: Serving takes autocast only when a warm-up forward pass is at least this much faster than fp32: reduced
 #: precision moves probabilities by about 1e-3, so a marginal or noisy win is not worth it.
 SERVING_MIN_SPEEDUP = 1.15
@@ -91,17 +95,18 @@ def choose_autocast(candidate: torch.dtype, batch_size: int, seconds: StepTimer,
                     reduce: Reducer = _identity) -> tuple[torch.dtype | None, dict]:
     """Time fp32 against ``candidate`` and return ``(chosen dtype or None for fp32, timings)``.
 
-    fp32 runs a full batch of ``batch_size`` first; then the candidate runs one image: a step never gets faster with
-    more images, so when one image in the candidate already takes as long as the full fp32 batch (emulated bf16)
+    fp32 runs a full batch of ``batch_size`` first; then the candidate runs :data:`PROBE_FEW_IMAGES` images: a step
+    never gets faster with more images, so when those already take as long as the full fp32 batch (emulated bf16)
     the candidate is refused without timing its full batch. Otherwise the candidate's full batch is timed and taken
     when ``fp32 >= min_speedup * candidate``. ``reduce`` sums timings over DDP processes, so that every process
-    decides alike. ``timings``: ``{"float32": s, "<candidate>": s}`` (``"<candidate> (1 image)"`` on an early
+    decides alike. ``timings``: ``{"float32": s, "<candidate>": s}`` (``"<candidate> (2 images)"`` on an early
     refusal).
     """
     name = autocast_name(candidate)
-    fp32, one = reduce(seconds(None, batch_size), seconds(candidate, 1))
-    if one >= fp32:
-        return None, {"float32": fp32, f"{name} (1 image)": one}
+    few = min(PROBE_FEW_IMAGES, batch_size)
+    fp32, small = reduce(seconds(None, batch_size), seconds(candidate, few))
+    if small >= fp32:
+        return None, {"float32": fp32, f"{name} ({few} images)": small}
     (reduced,) = reduce(seconds(candidate, batch_size))
     timings = {"float32": fp32, name: reduced}
     return (candidate if reduced * min_speedup <= fp32 else None), timings
@@ -206,7 +211,8 @@ def pick_serving_autocast(module: torch.nn.Module, example: torch.Tensor, repeat
         raise ValueError(f"{SERVING_AUTOCAST_ENV}={setting!r}: expected auto, off, bfloat16 or float16")
 
     def seconds(dtype: torch.dtype | None, count: int) -> float:
-        return forward_seconds(module, example[:count], dtype, repeats) / repeats
+        runs = repeats if count > PROBE_FEW_IMAGES else 1  # the first check needs only the order of magnitude
+        return forward_seconds(module, example[:count], dtype, runs) / runs
 
     chosen, timings = choose_autocast(candidate_dtype(example.device), len(example), seconds, SERVING_MIN_SPEEDUP)
     log.info("%s", describe_choice(chosen, timings, f"forward of {len(example)} images"))

@@ -32,25 +32,25 @@ def fake_timer(table: dict):
     (1.0, 1.6, None),  # slower (AVX512-BF16 without AMX at 96 px, issue 18): fp32
 ])
 def test_training_auto_takes_bf16_only_when_a_timed_step_is_faster(fp32, bf16, expected):
-    seconds, calls = fake_timer({(None, 64): fp32, (torch.bfloat16, 1): 0.1, (torch.bfloat16, 64): bf16})
+    seconds, calls = fake_timer({(None, 64): fp32, (torch.bfloat16, 2): 0.1, (torch.bfloat16, 64): bf16})
     chosen, timings = precision.training_autocast("auto", CPU, 64, seconds)
     assert chosen == expected
     assert timings == {"float32": fp32, "bfloat16": bf16}
-    assert calls == [(None, 64), (torch.bfloat16, 1), (torch.bfloat16, 64)]
+    assert calls == [(None, 64), (torch.bfloat16, 2), (torch.bfloat16, 64)]
 
 
-def test_training_auto_refuses_emulated_bf16_from_one_image():
-    """One bf16 image as slow as a full fp32 batch (emulated bf16, this AVX2 host: ~35x slower): no full bf16 batch
-    is timed, and fp32 is kept."""
-    seconds, calls = fake_timer({(None, 64): 1.0, (torch.bfloat16, 1): 1.2})
+def test_training_auto_refuses_emulated_bf16_from_two_images():
+    """Two bf16 images as slow as a full fp32 batch (emulated bf16, an AVX2-only host: ~35x slower): no full bf16
+    batch is timed, and fp32 is kept."""
+    seconds, calls = fake_timer({(None, 64): 1.0, (torch.bfloat16, 2): 1.2})
     chosen, timings = precision.training_autocast("auto", CPU, 64, seconds)
-    assert chosen is None and timings == {"float32": 1.0, "bfloat16 (1 image)": 1.2}
+    assert chosen is None and timings == {"float32": 1.0, "bfloat16 (2 images)": 1.2}
     assert (torch.bfloat16, 64) not in calls
 
 
 def test_training_auto_decides_alike_in_every_ddp_process():
     """Timings are summed over processes (reduce) before the choice, so every rank picks the same dtype."""
-    seconds, _ = fake_timer({(None, 8): 1.0, (torch.bfloat16, 1): 0.1, (torch.bfloat16, 8): 0.95})
+    seconds, _ = fake_timer({(None, 8): 1.0, (torch.bfloat16, 2): 0.1, (torch.bfloat16, 8): 0.95})
     other_rank = {0: [0.2, 0.05], 1: [0.15]}  # the other process alone would take bf16 (0.2 / 0.15)
     calls = iter(range(2))
 
@@ -83,21 +83,22 @@ def test_serving_env_forces_or_refuses(monkeypatch):
         precision.pick_serving_autocast(module, example)
 
 
-def test_serving_auto_refuses_a_candidate_slower_on_one_image(monkeypatch, caplog):
+def test_serving_auto_refuses_a_candidate_slower_on_two_images(monkeypatch, caplog):
     monkeypatch.delenv(precision.SERVING_AUTOCAST_ENV, raising=False)
     module, example = torch.nn.Linear(4, 2).eval(), torch.zeros(8, 4)
     monkeypatch.setattr(precision, "forward_seconds",
-                        lambda m, x, dtype, repeats: 1.0 if dtype is None else 2.0 * len(x))
+                        lambda m, x, dtype, repeats: 1.0 if dtype is None else 2.0 * len(x) / 2)
     with caplog.at_level("INFO", logger=precision.__name__):
         assert precision.pick_serving_autocast(module, example) is None
-    assert "autocast off (timed forward of 8 images: float32 0.333 s, bfloat16 (1 image) 0.667 s)" in caplog.text
+    assert "autocast off (timed forward of 8 images: float32 0.333 s, bfloat16 (2 images) 2.000 s)" in caplog.text
 
 
 def test_serving_auto_takes_bf16_only_when_measured_faster(monkeypatch):
     monkeypatch.delenv(precision.SERVING_AUTOCAST_ENV, raising=False)
-    module, example = torch.nn.Linear(4, 2).eval(), torch.zeros(2, 4)
-    timings = {None: 1.0, torch.bfloat16: 0.5}
-    monkeypatch.setattr(precision, "forward_seconds", lambda m, x, dtype, repeats: timings[dtype])
+    module, example = torch.nn.Linear(4, 2).eval(), torch.zeros(4, 4)
+    timings = {None: 1.0, torch.bfloat16: 0.5}  # per call of 4 images
+    monkeypatch.setattr(precision, "forward_seconds",
+                        lambda m, x, dtype, repeats: timings[dtype] * repeats * len(x) / 4)
     assert precision.pick_serving_autocast(module, example) == torch.bfloat16
     timings[torch.bfloat16] = 0.95  # faster, but within the noise margin SERVING_MIN_SPEEDUP
     assert precision.pick_serving_autocast(module, example) is None

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -44,16 +45,17 @@ def test_cuda_candidate_follows_native_bf16(fake_gpu, capability, expected):
     assert torch.cuda.is_bf16_supported()  # the default call says True even on the T4: the defect
     assert precision.cuda_autocast_dtype() == expected
     assert precision.candidate_dtype(torch.device("cuda", 0)) == expected
-    seconds = {(None, 32): 1.0, (expected, 1): 0.1, (expected, 32): 0.5}
+    seconds = {(None, 32): 1.0, (expected, 2): 0.1, (expected, 32): 0.5}
     chosen, timings = precision.training_autocast("auto", torch.device("cuda", 0), 32,
                                                    lambda dtype, images: seconds[(dtype, images)])
     assert chosen == expected and set(timings) == {"float32", precision.autocast_name(expected)}
 
 
-@pytest.mark.parametrize("amp", ["false", "bfloat16", "float16"])
+@pytest.mark.parametrize("amp", ["false", "bfloat16", "float16", "auto"])
 def test_hook_saves_float32_tensors_under_every_precision(digits_split, tmp_path, amp):
     """One training step with the Debugger hook on under fp32, bf16 and fp16 autocast: training succeeds and the
-    saved ReLU-input variances (computed from bf16/fp16 activations under autocast) are finite float32 values."""
+    saved ReLU-input variances (computed from bf16/fp16 activations under autocast) are finite float32 values.
+    ``auto`` (the default) times fp32 against bf16 at start-up and logs its choice with both timings."""
     from smdebug.trials import create_trial
 
     result = run_script(
@@ -62,7 +64,13 @@ def test_hook_saves_float32_tensors_under_every_precision(digits_split, tmp_path
         "--checkpoint-dir", str(tmp_path / "checkpoints"), "--image-size", "16", "--batch-size", "8",
         "--epochs", "1", "--max-steps-per-epoch", "1", "--amp", amp, "--workers", "0", "--debugger", "true",
         env={"SMDEBUG_LOG_LEVEL": "error"})
-    assert f"amp={'off' if amp == 'false' else amp}" in result.stdout
+    if amp == "auto":
+        choice = re.search(r"--amp auto: autocast (\w+) \(timed forward\+backward of 16-px images, batch 8: "
+                           r"float32 [0-9.]+ s, bfloat16( \(2 images\))? [0-9.]+ s\)", result.stdout)
+        assert choice, result.stdout
+        assert f"amp={choice.group(1)}" in result.stdout
+    else:
+        assert f"amp={'off' if amp == 'false' else amp}" in result.stdout
     assert "smdebug hook off" not in result.stderr
     trial = create_trial(str(tmp_path / "output" / "tensors"))
     names = trial.tensor_names(collection="relu_input")
