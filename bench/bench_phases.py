@@ -89,6 +89,10 @@ def row_epoch_phases(threads: int, steps: int = 8, per_class: int = 500, image_s
         validation_s, _ = _cpu_seconds(training.validate)
         checkpoint_s, _ = _cpu_seconds(lambda: training.save_checkpoint(1))
         amp = training.amp_name
+        from imgclf import precision
+
+        probe = precision.describe_choice(training.amp_dtype if training.amp else None, training.amp_timings,
+                                          "at start-up")
     data, step, hook, forward = data_s / steps, step_s / steps, hook_s / steps, forward_s / 3
     epoch = full_steps * (data + step) + validation_s + checkpoint_s
     where = (f"resnet18, {image_size} px, batch {batch_size}, {full_steps} steps per epoch, amp {amp}, {threads} "
@@ -96,7 +100,7 @@ def row_epoch_phases(threads: int, steps: int = 8, per_class: int = 500, image_s
     shares = [
         ("data (decode, transforms, collate)", full_steps * data, f"{data * 1000:.0f} ms per batch"),
         ("training steps (forward, backward, optimizer)", full_steps * step, f"{step * 1000:.0f} ms per step "
-         f"(forward alone {forward * 1000:.0f} ms)"),
+         f"(forward alone {forward * 1000:.0f} ms; --amp auto: {probe}, wall seconds)"),
         ("validation", validation_s, f"{validation_s:.2f} s per epoch"),
         ("checkpoint", checkpoint_s, f"{checkpoint_s:.2f} s per epoch"),
     ]

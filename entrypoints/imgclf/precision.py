@@ -34,6 +34,11 @@ TRAINING_MIN_SPEEDUP = 1.1
 #: (resnet18's last block at 28 px) refuses a batch of one.
 PROBE_FEW_IMAGES = 2
 
+#: A CPU candidate whose first timing, scaled to the full batch, is this many times the fp32 batch is emulated:
+#: refused without timing its full batch (emulated bf16 on an AVX2-only CPU: one full bf16 step took 19 s against
+#: 3.4 s in fp32). Native bf16 at its worst measured 1.05x fp32's time, far from it.
+EMULATED_SLOWDOWN = 4.0
+
 #: Serving takes autocast only when a warm-up forward pass is at least this much faster than fp32: reduced
 #: precision moves probabilities by about 1e-3, so a marginal or noisy win is not worth it.
 SERVING_MIN_SPEEDUP = 1.15
@@ -92,20 +97,25 @@ StepTimer = Callable[[torch.dtype | None, int], float]
 
 
 def choose_autocast(candidate: torch.dtype, batch_size: int, seconds: StepTimer, min_speedup: float,
-                    reduce: Reducer = _identity) -> tuple[torch.dtype | None, dict]:
+                    reduce: Reducer = _identity, device_type: str = "cpu") -> tuple[torch.dtype | None, dict]:
     """Time fp32 against ``candidate`` and return ``(chosen dtype or None for fp32, timings)``.
 
     fp32 runs a full batch of ``batch_size`` first; then the candidate runs :data:`PROBE_FEW_IMAGES` images: a step
-    never gets faster with more images, so when those already take as long as the full fp32 batch (emulated bf16)
-    the candidate is refused without timing its full batch. Otherwise the candidate's full batch is timed and taken
-    when ``fp32 >= min_speedup * candidate``. ``reduce`` sums timings over DDP processes, so that every process
-    decides alike. ``timings``: ``{"float32": s, "<candidate>": s}`` (``"<candidate> (2 images)"`` on an early
-    refusal).
+    never gets faster with more images, so when those already take as long as the full fp32 batch, or (on a CPU,
+    ``device_type`` ``cpu``) when scaled to the full batch they take :data:`EMULATED_SLOWDOWN` times as long
+    (emulated bf16), the candidate is refused without timing its full batch. Otherwise the candidate's full batch
+    is timed and taken when ``fp32 >= min_speedup * candidate``. ``reduce`` sums timings over DDP processes, so
+    that every process decides alike. ``timings``: ``{"float32": s, "<candidate>": s}`` (``"<candidate> (2
+    images)"`` on an early refusal).
     """
     name = autocast_name(candidate)
     few = min(PROBE_FEW_IMAGES, batch_size)
     fp32, small = reduce(seconds(None, batch_size), seconds(candidate, few))
-    if small >= fp32:
+    # A step never gets faster with more images (any device); on a CPU a step's time also grows about in
+    # proportion to its images, so a candidate whose few images, scaled to the batch, take EMULATED_SLOWDOWN
+    # times the fp32 batch is emulated. On a GPU a small batch costs about as much as a full one: no scaling there.
+    scaled = small * batch_size / few if device_type == "cpu" else small
+    if small >= fp32 or scaled >= EMULATED_SLOWDOWN * fp32:
         return None, {"float32": fp32, f"{name} ({few} images)": small}
     (reduced,) = reduce(seconds(candidate, batch_size))
     timings = {"float32": fp32, name: reduced}
@@ -143,7 +153,7 @@ def training_autocast(setting: str, device: torch.device, batch_size: int, secon
         return _DTYPES[setting], {}
     if setting == "true":
         return candidate_dtype(device), {}
-    return choose_autocast(candidate_dtype(device), batch_size, seconds, TRAINING_MIN_SPEEDUP, reduce)
+    return choose_autocast(candidate_dtype(device), batch_size, seconds, TRAINING_MIN_SPEEDUP, reduce, device.type)
 
 
 def train_step_timer(model: torch.nn.Module, criterion: torch.nn.Module, image_shape: tuple[int, int, int],
@@ -214,6 +224,7 @@ def pick_serving_autocast(module: torch.nn.Module, example: torch.Tensor, repeat
         runs = repeats if count > PROBE_FEW_IMAGES else 1  # the first check needs only the order of magnitude
         return forward_seconds(module, example[:count], dtype, runs) / runs
 
-    chosen, timings = choose_autocast(candidate_dtype(example.device), len(example), seconds, SERVING_MIN_SPEEDUP)
+    chosen, timings = choose_autocast(candidate_dtype(example.device), len(example), seconds, SERVING_MIN_SPEEDUP,
+                                      device_type=example.device.type)
     log.info("%s", describe_choice(chosen, timings, f"forward of {len(example)} images"))
     return chosen

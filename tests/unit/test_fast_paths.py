@@ -48,6 +48,15 @@ def test_training_auto_refuses_emulated_bf16_from_two_images():
     assert (torch.bfloat16, 64) not in calls
 
 
+def test_training_auto_refuses_a_cpu_candidate_that_scales_to_emulated_speed():
+    """Two bf16 images faster than the fp32 batch, but 5.6x slower once scaled to 64 images (an AVX2-only EPYC
+    measured bf16 18.8 s, fp32 3.4 s per step of 64): refused without the 19-second full bf16 step."""
+    seconds, calls = fake_timer({(None, 64): 3.4, (torch.bfloat16, 2): 0.6})
+    chosen, timings = precision.training_autocast("auto", CPU, 64, seconds)
+    assert chosen is None and timings == {"float32": 3.4, "bfloat16 (2 images)": 0.6}
+    assert (torch.bfloat16, 64) not in calls
+
+
 def test_training_auto_decides_alike_in_every_ddp_process():
     """Timings are summed over processes (reduce) before the choice, so every rank picks the same dtype."""
     seconds, _ = fake_timer({(None, 8): 1.0, (torch.bfloat16, 2): 0.1, (torch.bfloat16, 8): 0.95})
