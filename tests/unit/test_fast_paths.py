@@ -32,7 +32,7 @@ def fake_timer(table: dict):
     (1.0, 1.6, None),  # slower (AVX512-BF16 without AMX at 96 px, issue 18): fp32
 ])
 def test_training_auto_takes_bf16_only_when_a_timed_step_is_faster(fp32, bf16, expected):
-    seconds, calls = fake_timer({(None, 64): fp32, (torch.bfloat16, 2): 0.1, (torch.bfloat16, 64): bf16})
+    seconds, calls = fake_timer({(None, 64): fp32, (torch.bfloat16, 2): 0.05, (torch.bfloat16, 64): bf16})
     chosen, timings = precision.training_autocast("auto", CPU, 64, seconds)
     assert chosen == expected
     assert timings == {"float32": fp32, "bfloat16": bf16}
