@@ -172,8 +172,11 @@ def train_step_timer(model: torch.nn.Module, criterion: torch.nn.Module, image_s
         probe.zero_grad(set_to_none=True)
 
     def seconds(dtype: torch.dtype | None, count: int) -> float:
-        images = torch.randn(count, *image_shape, device=device).contiguous(memory_format=memory_format)
-        targets = torch.randint(0, num_classes, (count,), device=device)
+        # Its own generator: the probe must not shift the training's random stream (augmentations, shuffling).
+        generator = torch.Generator(device=device).manual_seed(0)
+        images = torch.randn(count, *image_shape, device=device, generator=generator)
+        images = images.contiguous(memory_format=memory_format)
+        targets = torch.randint(0, num_classes, (count,), device=device, generator=generator)
         run(dtype, images, targets)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -77,3 +77,20 @@ def test_hook_saves_float32_tensors_under_every_precision(digits_split, tmp_path
     assert names, "no ReLU inputs saved"
     value = trial.tensor(names[0]).reduction_value(0, "variance")
     assert value.dtype.name == "float32" and math.isfinite(float(value))
+
+
+def test_training_probe_leaves_the_model_and_the_random_stream_alone():
+    """The start-up probe trains a copy: weights, batch-norm statistics, gradients and torch's global RNG (which
+    drives augmentations) are as before, so ``--amp auto`` changes no training result but the dtype."""
+    from imgclf import models
+
+    torch.manual_seed(0)
+    model = models.build_model("resnet18", 10)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    timer = precision.train_step_timer(model, torch.nn.CrossEntropyLoss(), (3, 16, 16), 10, torch.device("cpu"))
+    chosen, timings = precision.training_autocast("auto", torch.device("cpu"), 4, timer)
+    assert timings["float32"] > 0 and len(timings) == 2
+    assert torch.equal(rng, torch.get_rng_state())
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert all(parameter.grad is None for parameter in model.parameters())
