@@ -163,13 +163,15 @@ def train_step_timer(model: torch.nn.Module, criterion: torch.nn.Module, image_s
     """A :data:`StepTimer` for training: one forward and backward pass of random images of ``image_shape``
     ``(C, H, W)`` through a copy of ``model`` (the model itself, its batch-norm statistics and gradients are left
     alone), after one untimed warm-up pass per (dtype, images) (oneDNN and cuDNN build kernels on first use)."""
-    probe = copy.deepcopy(model).train()
+    copies: list[torch.nn.Module] = []  # made on the first timing: settings that need no probe copy nothing
 
     def run(dtype: torch.dtype | None, images: torch.Tensor, targets: torch.Tensor) -> None:
+        if not copies:
+            copies.append(copy.deepcopy(model).train())
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = criterion(probe(images), targets)
+            loss = criterion(copies[0](images), targets)
         loss.backward()
-        probe.zero_grad(set_to_none=True)
+        copies[0].zero_grad(set_to_none=True)
 
     def seconds(dtype: torch.dtype | None, count: int) -> float:
         # Its own generator: the probe must not shift the training's random stream (augmentations, shuffling).
