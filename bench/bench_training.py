@@ -215,8 +215,8 @@ OUR_VARIANTS = {
 
 
 def row_training_loop(train_dir: Path, sizes: TrainSizes, threads: int, bf16: bool) -> list[Result]:
-    """Row 1: img/s of ``Training.train_one_epoch`` (train.py's defaults, which use bf16 autocast on CPUs with
-    native bf16 at this crop size and a DataLoader worker on a CPU torch leaves idle; forced fp32; no worker) vs
+    """Row 1: img/s of ``Training.train_one_epoch`` (train.py's defaults, which use bf16 autocast where a step
+    timed at start-up is faster, and a DataLoader worker on a CPU torch leaves idle; forced fp32; no worker) vs
     the seed-style loop.
     Goal from issue 7: >= 1.5x."""
     num_classes = sum(1 for p in Path(train_dir).iterdir() if p.is_dir())

@@ -59,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add(parser, "seed", type=quoted(int), default=42)
     add(parser, "workers", type=quoted(str), default="auto", help="DataLoader workers per process, or auto")
     add(parser, "amp", type=quoted(str), default="auto",
-        help="auto (CUDA; CPU with native bf16 at >= 48 px, imgclf/precision.py) | true | false")
+        help="auto (bf16/fp16 where a timed step at start-up is faster than fp32, imgclf/precision.py) | true | "
+             "false | bfloat16 | float16")
     add(parser, "channels-last", type=quoted(str), default="auto", help="auto (CUDA and CPU) | true | false")
     add(parser, "threads", type=quoted(int), default=0, help="torch CPU threads; 0 = all cores of this process")
     add(parser, "max-steps-per-epoch", type=quoted(int), default=0, help="cap batches per epoch (0 = all)")
@@ -222,15 +223,18 @@ class Training:
         self.channels_last = args.channels_last == "true" or args.channels_last == "auto"
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(env.device, memory_format=memory_format)
-        # CUDA: bf16 or fp16 (with a GradScaler); CPU: bf16 where it runs natively and the crop is large enough
-        # to gain (imgclf/precision.py gives the measured rule).
-        autocast_dtype = precision.training_autocast(args.amp, env.device, args.image_size)
+        # --amp auto: fp32 unless the candidate (CUDA: bf16 or fp16 with a GradScaler; CPU: bf16) trains this model
+        # at this input size clearly faster, timed here at start-up (imgclf/precision.py says why).
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        timer = precision.train_step_timer(self.model, self.criterion, (3, args.image_size, args.image_size),
+                                           len(self.classes), env.device, memory_format)
+        autocast_dtype, self.amp_timings = precision.training_autocast(args.amp, env.device, args.batch_size,
+                                                                       timer, env.all_sum)
         self.amp = autocast_dtype is not None
         self.amp_dtype = autocast_dtype or torch.bfloat16
         self.amp_name = precision.autocast_name(autocast_dtype)
         self.scaler = torch.amp.GradScaler(env.device.type,
                                            enabled=self.amp and self.amp_dtype == torch.float16)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
         self.optimizer, self.scheduler = build_optimizer(args, self.model, self.steps_per_epoch)
         self.net = nn.parallel.DistributedDataParallel(
             self.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None) \
@@ -436,6 +440,10 @@ def main(argv=None) -> int:
               f"classes, validating on {len(training.validation_loader.dataset)}; device={env.device} "
               f"world_size={env.world_size} amp={training.amp_name} channels_last={training.channels_last}",
               flush=True)
+        if training.amp_timings and env.is_main:
+            print(f"--amp {args.amp}: " + precision.describe_choice(
+                training.amp_dtype if training.amp else None, training.amp_timings,
+                f"forward+backward of {args.image_size}-px images, batch {args.batch_size}"), flush=True)
         if env.is_main:
             training.run = tracking.JobRun.start("TrainingJob")
             training.run.log_params({k.replace("_", "-"): v for k, v in vars(args).items() if not k.endswith("_dir")})

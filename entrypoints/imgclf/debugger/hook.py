@@ -122,7 +122,7 @@ class DebugSession:
         (Path(out_dir) / HOOK_FAILED_FILE).unlink(missing_ok=True)  # a resumed job's earlier failure is over
         try:
             if config_path is not None:
-                hook = smd.Hook.create_from_json_file(str(config_path))
+                hook = float32_hook_class(smd).create_from_json_file(str(config_path))
                 hook.register_module(model)
                 hook.register_loss(criterion)
                 return cls(hook=hook, out_dir=str(hook.out_dir), managed=True)
@@ -200,7 +200,7 @@ def _default_hook(smd, out_dir: str, model, save_interval: int):
     variance = smd.ReductionConfig(**VARIANCE_REDUCTION)
     raw = smd.ReductionConfig(save_raw_tensor=True)
 
-    hook = smd.Hook(out_dir=out_dir, save_config=every_step, include_collections=[])
+    hook = float32_hook_class(smd)(out_dir=out_dir, save_config=every_step, include_collections=[])
     params = [name for name, p in model.named_parameters() if p.requires_grad and name.endswith("weight")]
     sampled = [params[0], params[-1]] if params else []
     specs = [
@@ -226,3 +226,25 @@ def _default_hook(smd, out_dir: str, model, save_interval: int):
     losses.save_config = every_step
     hook.include_collections.append("losses")
     return hook
+
+
+def float32_hook_class(smd):
+    """``smd.Hook`` whose saved tensors reach smdebug as float32.
+
+    Under ``torch.autocast`` (bf16 on CPUs and Ampere GPUs, fp16 on the T4) module inputs and outputs are bf16 or
+    fp16; smdebug 1.0.34 turns every saved tensor into numpy (``Hook._make_numpy_array``), and numpy has no
+    bfloat16: the forward hook raised ``TypeError: Got unsupported ScalarType BFloat16`` and killed training.
+    Every tensor smdebug saves passes through ``_save_for_tensor`` (parameters, gradients, module inputs and
+    outputs: smdebug/pytorch/hook.py), so the cast happens there, once, before reductions are computed (a
+    variance in bf16 would also lose precision). float32 and float64 tensors pass unchanged.
+    """
+    import torch
+
+    class Float32Hook(smd.Hook):
+        def _save_for_tensor(self, tensor_name, tensor_value, check_before_write=True):
+            if (isinstance(tensor_value, torch.Tensor) and tensor_value.is_floating_point()
+                    and tensor_value.dtype not in (torch.float32, torch.float64)):
+                tensor_value = tensor_value.detach().float()
+            return super()._save_for_tensor(tensor_name, tensor_value, check_before_write)
+
+    return Float32Hook
