@@ -577,7 +577,7 @@ def _package_section(data: RunData) -> str:
 
 
 def _time(value: Any) -> str:
-    """An epoch number (seconds, as boto3's DescribeModelPackage JSON holds it) as UTC ISO 8601; text unchanged."""
+    """An epoch number (seconds, as DescribeModelPackage's JSON holds it) as UTC ISO 8601; text unchanged."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(value)
