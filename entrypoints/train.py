@@ -180,6 +180,14 @@ def build_loaders(args, classes, sizes, env: Distributed):
     return train_loader, validation_loader, train_sampler
 
 
+def warmup_share(total_steps: int) -> float:
+    """OneCycleLR's ``pct_start`` for ``total_steps``: a quarter of the run, except where the warm-up would end at
+    step 0. OneCycleLR ends its warm-up at step ``pct_start * total_steps - 1`` and divides by that length
+    (torch.optim.lr_scheduler.OneCycleLR.get_lr), so 0.25 with 4 steps (2 epochs of 2 batches) raises
+    ZeroDivisionError on the first step; 0.3 there ends it at step 0.2."""
+    return 0.3 if 0.25 * total_steps == 1 else 0.25
+
+
 def build_optimizer(args, model: nn.Module, steps_per_epoch: int):
     # No weight decay on norm layers and biases (torchvision reference's --norm-weight-decay 0).
     decay, no_decay = [], []
@@ -194,7 +202,7 @@ def build_optimizer(args, model: nn.Module, steps_per_epoch: int):
     total_steps = max(1, args.epochs * steps_per_epoch)
     if args.lr_scheduler == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps,
-                                                        pct_start=0.25)
+                                                        pct_start=warmup_share(total_steps))
     elif args.lr_scheduler == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     else:
