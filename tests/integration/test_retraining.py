@@ -35,6 +35,7 @@ JOB_STEPS = ("split", "tune", "train", "debug", "evaluate")
 SPLITS = ("train", "validation", "test")
 # Small: one tuning job, 28 px, a few epochs (enough for a model that tells a 9 from the rest on its own images).
 SETTINGS = [
+    "--set", "training.image_size=28",
     "--set", "tuning.max_jobs=1", "--set", "tuning.max_parallel_jobs=1",
     "--set", "tuning.ranges.epochs.min=5", "--set", "tuning.ranges.epochs.max=5",
     "--set", "tuning.ranges.batch-size.values=[16]",
