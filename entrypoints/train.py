@@ -38,6 +38,9 @@ from imgclf.metrics import format_metric_line
 
 # Not requirements.txt: it pins smdebug and numpy 1 for training; the inference container needs nothing extra.
 CODE_FILES = ("inference.py",)
+#: Seconds between progress lines inside an epoch (a 224-px epoch on a CPU takes minutes; a 28-px one seconds and
+#: prints none). ``IMGCLF_PROGRESS_INTERVAL_S`` overrides it; the lines match none of the tuner's metric regexes.
+PROGRESS_INTERVAL_S = float(os.environ.get("IMGCLF_PROGRESS_INTERVAL_S", "15"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -327,7 +330,7 @@ class Training:
         # Shuffle order and worker seeds depend on (seed, epoch) alone, so a resumed run sees the same batches.
         self.train_loader.generator.manual_seed(self.args.seed * 1000 + epoch)
         loss_sum = correct = seen = 0.0
-        loaded_at = time.perf_counter()
+        loaded_at = epoch_started = reported_at = time.perf_counter()
         for step, (images, targets) in enumerate(self.train_loader):
             if step >= self.steps_per_epoch:
                 break
@@ -348,6 +351,10 @@ class Training:
             finished = time.perf_counter()
             if self.monitor is not None:
                 self.monitor.record_step(data_seconds=started - loaded_at, compute_seconds=finished - started)
+            if self.env.is_main and finished - reported_at >= PROGRESS_INTERVAL_S:
+                print(f"epoch {epoch}: batch {step + 1}/{self.steps_per_epoch}, {finished - epoch_started:.0f} s",
+                      flush=True)
+                reported_at = finished
             loaded_at = finished
         loss_sum, correct, seen = self.env.all_sum(loss_sum, correct, seen)
         return loss_sum / max(seen, 1), correct / max(seen, 1)

@@ -38,9 +38,13 @@ def test_metric_lines_follow_the_tuner_contract(digits_split, tmp_path):
                         "--validation-dir", str(digits_split / "validation"), "--model-dir", str(tmp_path / "m"),
                         "--output-data-dir", str(tmp_path / "o"), "--checkpoint_dir", str(tmp_path / "c"),
                         "--image-size", '"16"', "--epochs", "1", "--batch_size", '"64"', "--lr", "0.05",
-                        "--max-steps-per-epoch", "3", "--debugger", '"false"')
+                        "--max-steps-per-epoch", "3", "--debugger", '"false"',
+                        env={"IMGCLF_PROGRESS_INTERVAL_S": "0"})  # a progress line after every batch
+    progress = [line.split(",")[0] for line in result.stdout.splitlines() if line.startswith("epoch 1: batch")]
+    assert progress == ["epoch 1: batch 1/3", "epoch 1: batch 2/3", "epoch 1: batch 3/3"]
+    # progress lines match none of the tuner's regexes: one value per metric for the one epoch
     parsed = parse_metric_lines(result.stdout, METRIC_DEFINITIONS)
-    assert len(parsed["validation:accuracy"]) == 1
+    assert len(parsed["validation:accuracy"]) == 1 and len(parsed["train:loss"]) == 1
     assert 0.0 <= parsed["validation:accuracy"][0] <= 1.0
     assert parsed["train:loss"][0] > 0
 
