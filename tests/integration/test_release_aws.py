@@ -32,17 +32,6 @@ PACKAGE_EVENT = {
 }  # fmt: skip
 
 
-@pytest.fixture
-def aws_env(moto_server_url, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-    return moto_server_url
-
 
 @pytest.fixture
 def config(aws_env, request):

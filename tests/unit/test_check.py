@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
+from test_definition import steps_by_name  # tests/unit is on sys.path: pytest imports its modules by name
 
 from pipeline import aws
 from pipeline.build import definition_json
@@ -29,16 +30,6 @@ from pipeline.instances import has_instance_store, is_gpu, valid_instance_types,
 from steps.tune import hyperband_resources
 
 KEY = "arn:aws:kms:us-east-1:111122223333:key/0a1b2c3d-1111-2222-3333-444455556666"
-
-
-def steps_by_name(definition: dict) -> dict:
-    steps = {}
-    for step in definition["Steps"]:
-        steps[step["Name"]] = step
-        for branch in ("IfSteps", "ElseSteps"):
-            for inner in step.get("Arguments", {}).get(branch, []):
-                steps[inner["Name"]] = inner
-    return steps
 
 
 def built(*overrides: str) -> dict:
