@@ -353,7 +353,7 @@ def _steps_section(data: RunData) -> str:
         rows.append([
             html.escape(step["StepName"]), html.escape(step.get("StepType", "")), _badge(step.get("StepStatus", "")),
             f"{duration:.1f} s" if isinstance(duration, (int, float)) else "-",
-            "yes" if step.get("CacheHit") else "", html.escape(str(detail))[:300],
+            html.escape(_cache_source(step)), html.escape(str(detail))[:300],
         ])  # fmt: skip
     table = _table(["step", "type", "status", "duration", "cache hit", "detail"], rows)
     return _img(_plot_step_graph(steps), "step graph") + table
@@ -792,9 +792,25 @@ def _header(record: dict) -> str:
     return (f"<h1>{html.escape(record.get('PipelineName', 'pipeline'))} &mdash; execution "
             f"{html.escape(str(record.get('PipelineExecutionId', '')))} {_badge(status)}</h1>"
             f"<p class='small'>started {html.escape(str(record.get('CreationTime', '-')))}, ended "
-            f"{html.escape(str(record.get('EndTime', '-')))}</p>{reason}"
+            f"{html.escape(str(record.get('EndTime', '-')))}</p>{reason}{_mlflow_line(record)}"
             + (f"<details><summary>parameters ({len(rows)})</summary>{_table(['parameter', 'value'], rows)}</details>"
                if rows else ""))  # fmt: skip
+
+
+def _mlflow_line(record: dict) -> str:
+    """Which MLflow run holds this execution (docs/tracking.md), when it was tracked."""
+    run = record.get("MLflow") or {}
+    if not run.get("RunId"):
+        return ""
+    return (f"<p class='small'>MLflow run {html.escape(run['RunId'])} in experiment "
+            f"{html.escape(str(run.get('ExperimentName', '')))} ({html.escape(str(run.get('TrackingUri', '')))}); "
+            "open it with <code>python -m pipeline tracking-ui</code></p>")
+
+
+def _cache_source(step: dict) -> str:
+    """``from <execution id>`` for a cache hit (CacheHitResult.SourcePipelineExecutionArn), else empty."""
+    source = (step.get("CacheHitResult") or {}).get("SourcePipelineExecutionArn") or ""
+    return f"from {source.rsplit('/', 1)[-1]}" if source else ""
 
 
 def _section(title: str, build: Callable[[RunData], str], data: RunData) -> str:

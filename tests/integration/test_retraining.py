@@ -25,6 +25,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.local.endpoint import LocalEndpoint, server_available
 from pipeline.local.registry import ModelRegistry, resolve_model_package
+from pipeline.local.report import write_report
 from pipeline.local.store import Store
 
 pytestmark = pytest.mark.slow
@@ -155,6 +156,9 @@ def test_a_run_with_nothing_new_takes_every_job_step_from_the_cache_and_leaves_t
     assert not list((retraining["executions"][2]["run_dir"] / "jobs").glob("*.log"))  # no job ran at all
     summary = (retraining["executions"][2]["run_dir"] / "summary.txt").read_text()
     assert summary.count(f"cache hit: {second['PipelineExecutionId']}") == len(JOB_STEPS)
+    # the report's cache-hit column names the source execution of each job step
+    report = write_report(retraining["executions"][2]["run_dir"]).read_text()
+    assert report.count(f"from {second['PipelineExecutionId']}") == len(JOB_STEPS)
     # RegisterModel is never cached: version 3 of the very same artifacts and metrics
     two, three = _package(retraining, 1), _package(retraining, 2)
     assert three["ModelPackageVersion"] == 3 and steps["register-RegisterModel"]["CacheHitResult"] is None
