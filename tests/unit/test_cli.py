@@ -39,8 +39,8 @@ def error_of(capsys, *argv: str) -> str:
 @pytest.mark.parametrize(("override", "expected"), [
     ("training.model=resnet1800", "training.model: 'resnet1800' is not a model train.py can build; did you mean "
                                   "'resnet18'?"),
-    ("training.weights=IMAGENET1K_V9", "weights 'IMAGENET1K_V9' are not torchvision weights of resnet18; did you "
-                                       "mean 'IMAGENET1K_V1'?"),
+    ("training.weights=IMAGENET1K_V9", "weights 'IMAGENET1K_V9' are not torchvision weights of resnet50; did you "
+                                       "mean 'IMAGENET1K_V2'?"),
     ("training.hyperparameters.optimizer=adam", "optimizer: 'adam' would be refused by train.py; give sgd or adamw"),
     ("training.hyperparameters.amp=sometimes", "amp: 'sometimes' would be refused by train.py; give auto, true or "
                                                "false"),
@@ -69,7 +69,8 @@ def test_a_bad_model_in_the_file_names_the_file(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"^pipeline.yaml: training.model: 'resnet1800' is not a model"):
         load_config(path)
-    assert load_config().training.weights == "none"  # the defaults load (torchvision names checked only if named)
+    assert load_config().training.weights == "IMAGENET1K_V2"  # the AWS default: pretrained ResNet50
+    assert load_config(local=True).training.weights == "none"  # local mode trains from scratch
     assert load_config(overrides=["training.weights=DEFAULT", "training.model=resnet50"]).training.weights
 
 
