@@ -43,7 +43,9 @@ def test_aws_default_fine_tunes_pretrained_resnet50_with_its_eval_preset():
 
 def test_local_mode_trains_from_scratch_on_the_digits():
     config = load_config(local=True)
-    assert (config.training.model, config.training.weights, config.training.image_size) == ("resnet18", "none", 28)
+    assert (config.training.model, config.training.weights) == ("resnet18", "none")
+    # the size stays training.image_size: the digits' 28 px is make run's --set (a user's photos train at 224)
+    assert config.training.image_size == load_config().training.image_size
     assert config.training.hyperparameters["augment"] == "light"  # digits are not flipped
 
 
