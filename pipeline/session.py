@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
 import warnings
 
 # Before the SDK is imported: its "sagemaker.config" logger prints INFO lines to stdout on import unless a level
@@ -31,6 +32,9 @@ import boto3  # noqa: E402
 import sagemaker.utils  # noqa: E402
 from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
 
+#: Read by the SDK's ``EstimatorBase.fit`` (see :class:`quiet_sdk`) and set by ``mlflow.set_tracking_uri``.
+MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+
 #: SDK defaults config (schema: sagemaker.config.config_schema) with telemetry off and nothing else.
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
 
@@ -39,8 +43,15 @@ class OfflineError(RuntimeError):
     """The offline session was asked to call AWS (a bug in the builder: report the operation named)."""
 
 
-def _refuse_request(request, **_kwargs):
-    raise OfflineError(f"the offline pipeline session refused an AWS request to {request.url}")
+def _refuse_request(request, event_name: str = "", **_kwargs):
+    # event_name is "before-send.<service>.<Operation>": name the operation and the code that asked for it, so
+    # that the builder bug is found from the message alone.
+    operation = event_name.rpartition(".")[2] or "?"
+    caller = next((f"{frame.filename}:{frame.lineno} {frame.name}" for frame in reversed(traceback.extract_stack())
+                   if "botocore" not in frame.filename and "boto3" not in frame.filename
+                   and frame.filename != __file__), "?")
+    raise OfflineError(f"the offline pipeline session refused an AWS request ({operation}) to {request.url}, "
+                       f"asked for by {caller}")
 
 
 class OfflinePipelineSession(PipelineSession):
@@ -103,10 +114,15 @@ class quiet_sdk:  # noqa: N801  (used as a context manager, like contextlib's he
       what the offline build does on purpose; errors still raise.
     - Skips re-validating :data:`SDK_CONFIG`: SDK 2.257.7 validates the session's config with jsonschema (and
       re-checks its own schema) on each of the ~120 config lookups of a build, 0.2 s each, 25 s per build.
+    - Hides ``MLFLOW_TRACKING_URI`` of the caller's environment: SDK 2.257.7's ``EstimatorBase.fit`` sets
+      ``wait=True`` when that variable is set and the estimator has network isolation, which under a
+      ``PipelineSession`` describes a training job that does not exist (an AWS call at build time). The jobs'
+      tracking server comes from ``tracking.mlflow_uri`` in the config, never from the builder's shell.
     """
 
     def __enter__(self):
         sagemaker.utils.validate_sagemaker_config = _validate_unless_ours
+        self._mlflow_uri = os.environ.pop(MLFLOW_TRACKING_URI, None)
         self._logger = logging.getLogger("sagemaker")
         self._level = self._logger.level
         self._logger.setLevel(logging.ERROR)
@@ -117,6 +133,8 @@ class quiet_sdk:  # noqa: N801  (used as a context manager, like contextlib's he
 
     def __exit__(self, *exc_info):
         sagemaker.utils.validate_sagemaker_config = _validate_sagemaker_config
+        if self._mlflow_uri is not None:
+            os.environ[MLFLOW_TRACKING_URI] = self._mlflow_uri
         self._warnings.__exit__(*exc_info)
         self._logger.setLevel(self._level)
         return False

@@ -185,6 +185,7 @@ def test_progress_prints_plain_lines_in_ci(monkeypatch):
 
     from pipeline.local.progress import ProgressDisplay
 
+    monkeypatch.delenv("CI", raising=False)  # the CI that runs this suite sets it
     terminal = Console(file=io.StringIO(), force_terminal=True)
     assert ProgressDisplay(["split"], {"split": "Processing"}, console=terminal).live is not None
     monkeypatch.setenv("CI", "true")

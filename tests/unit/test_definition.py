@@ -6,6 +6,7 @@ Builds run with networking made impossible (a socket guard) and no AWS credentia
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import tarfile
@@ -406,3 +407,26 @@ def test_job_requests_match_the_sagemaker_api_shapes(definition):
         checked.append(name)
     assert checked == ["split", "tune", "train", "debug", "evaluate", "register-RegisterModel"]
 
+
+
+def test_offline_session_names_the_refused_operation_and_its_caller():
+    """A builder bug that reaches AWS says which operation and which line asked, not only the endpoint's URL."""
+    from pipeline.session import OfflineError, OfflinePipelineSession
+
+    session = OfflinePipelineSession(region="us-east-1", bucket="bucket")
+    with pytest.raises(OfflineError) as refused:
+        session.sagemaker_client.describe_pipeline(PipelineName="p")
+    message = str(refused.value)
+    assert "(DescribePipeline)" in message and "https://api.sagemaker.us-east-1.amazonaws.com" in message
+    assert f"{__file__}:" in message and "test_offline_session_names_the_refused_operation" in message
+
+
+def test_mlflow_tracking_uri_of_the_shell_does_not_reach_the_build(monkeypatch):
+    """With network isolation, the SDK's ``fit`` waits on the training job when ``MLFLOW_TRACKING_URI`` is set
+    (``mlflow.set_tracking_uri`` sets it too): the offline build must neither call AWS nor lose the variable."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    config = load_config(overrides=["security.enable_network_isolation=true", "training.weights=none"])
+    build_module._BUILDS.clear()
+    steps = steps_by_name(json.loads(definition_json(config)))
+    assert steps["train"]["Arguments"]["EnableNetworkIsolation"] is True
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9"
