@@ -59,7 +59,10 @@ def parse_rows(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    add_project_paths()
+    from imgclf.host import usable_cpus
+
+    cpus = usable_cpus()
     parser = argparse.ArgumentParser(prog="bench/bench.py", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (results go to quick.*)")
     parser.add_argument("--rows", type=parse_rows, default=sorted(ROW_NAMES), help="e.g. 1,2,3 (default: all)")

@@ -155,7 +155,9 @@ def machine_info(threads: int) -> dict:
     import torch
     import torchvision
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from imgclf.host import usable_cpus
+
+    cpus = usable_cpus()
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_count": cpus,

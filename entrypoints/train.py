@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from imgclf import checkpoint as ckpt
 from imgclf import data, models, precision, presets, tracking
+from imgclf.host import usable_cpus
 from imgclf.hparams import add, boolean, env_path, quoted
 from imgclf.metrics import format_metric_line
 
@@ -149,7 +150,7 @@ def worker_count(setting: str, device: torch.device) -> int:
     """
     if setting != "auto":
         return max(0, int(setting))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     if device.type == "cuda":
         return max(1, min(8, cpus // max(1, torch.cuda.device_count()) - 1))
     declared = os.environ.get("SM_NUM_CPUS", "")

@@ -2,7 +2,7 @@
 
 Every call goes through :func:`clients` (botocore ``standard`` retry mode, the config's region; the endpoint
 comes from ``AWS_ENDPOINT_URL`` when set, which is how the tests reach moto) and every AWS error surfaces as one
-:class:`~pipeline.cli.UserError` that names the failed operation and the fix (see :func:`aws_errors`). Messages
+:class:`~pipeline.errors.UserError` that names the failed operation and the fix (see :func:`aws_errors`). Messages
 never carry a credential: botocore's own errors name the missing thing, not its value (docs/security.md).
 """
 
@@ -35,8 +35,8 @@ from botocore.exceptions import (
 
 from pipeline import release
 from pipeline._entrypoints import ENTRYPOINTS_DIR
-from pipeline.cli import UserError
 from pipeline.config import Config
+from pipeline.errors import UserError
 
 #: botocore retries: "standard" mode retries throttling and transient errors with exponential backoff and jitter
 #: (https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html), at most 5 attempts per call.

@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from pipeline.errors import UserError
+
 COMMAND_MODULES = ("data", "aws", "local", "serving", "tracking", "approval")
 
 
@@ -27,10 +29,6 @@ def make_console():
     if not console.is_terminal:
         console.width = max(console.width, 1000)
     return console
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad config, missing file, missing credential): printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.cli import UserError
+from pipeline.errors import UserError
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "pipeline.yaml"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.cli import UserError
 from pipeline.config import Config
+from pipeline.errors import UserError
 
 PRICES_PATH = Path(__file__).resolve().parent / "prices.yaml"
 

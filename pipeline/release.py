@@ -26,8 +26,8 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 
 import pipeline._entrypoints  # noqa: F401  (entrypoints/ on sys.path: the deploy Lambda's names, defined once)
-from pipeline.cli import UserError
 from pipeline.config import Config
+from pipeline.errors import UserError
 from pipeline.instances import volume_kms_key
 
 STAGES = ("staging", "production")

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.cli import UserError
+from pipeline.errors import UserError
 
 
 def _common(parser: argparse.ArgumentParser, local_runs: bool = False) -> None:

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.cli import UserError
+from pipeline.errors import UserError
 
 # The SDK's "sagemaker.config" logger prints INFO lines to stdout when first imported unless it already has a
 # level and a handler; set them here (this module is imported before any command runs) so that

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pipeline.cli import UserError
+    from pipeline.errors import UserError
     from pipeline.sample_data import write_digits
 
     try:

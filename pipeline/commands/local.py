@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.cli import UserError
+from pipeline.errors import UserError
 
 INPUT_PARAMETER = "InputDataUri"
 
@@ -92,8 +92,9 @@ def _input_uri(definition: dict, parameters: dict[str, str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) one local execution; print its summary; with ``--demo`` run the endpoint demo."""
+    from imgclf.host import usable_cpus
     from pipeline.local.demo import run_demo
-    from pipeline.local.executor import ExecutionError, LocalExecution, RunOptions, cpu_count
+    from pipeline.local.executor import ExecutionError, LocalExecution, RunOptions
     from pipeline.local.progress import ProgressDisplay
     from pipeline.local.store import StoreError
 
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         store=args.store,
         runs=args.runs,
         parameters=parameters,
-        cpus=args.cpus or cpu_count(),
+        cpus=args.cpus or usable_cpus(),
         keep_job_dirs=args.keep_job_dirs,
     )
     from pipeline.local.preflight import check_image_folder, describe, estimate_run

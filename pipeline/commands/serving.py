@@ -9,7 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.cli import UserError
+from pipeline.errors import UserError
 
 
 def register(subparsers) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.cli import UserError
+from pipeline.errors import UserError
 
 LOOPBACK = "127.0.0.1"
 

@@ -42,10 +42,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
+from imgclf.host import usable_cpus
 from pipeline.local import expressions
 from pipeline.local.expressions import Context, ExpressionError
 from pipeline.local.jobs import JobContext, JobError, JobResult, run_processing_job, run_training_job
 from pipeline.local.registry import ModelRegistry, RegistryError
+from pipeline.local.status import local_arn
 from pipeline.local.store import Store, StoreError, atomic_write_json
 from pipeline.local.tracking import ExecutionRun
 from pipeline.local.tuning import run_tuning_job
@@ -90,11 +93,6 @@ _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\
 
 class ExecutionError(Exception):
     """The definition or the run's options cannot be executed (the message names the step or key and the fix)."""
-
-
-def cpu_count() -> int:
-    """CPUs this process may use (affinity-aware)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def new_execution_id() -> str:
@@ -237,7 +235,7 @@ class RunOptions:
     store: Path = Path(".store")
     runs: Path = Path("runs")
     parameters: dict[str, str] = field(default_factory=dict)
-    cpus: int = field(default_factory=cpu_count)
+    cpus: int = field(default_factory=usable_cpus)
     uploads: dict[str, bytes] = field(default_factory=dict)
     links: dict[str, Path] = field(default_factory=dict)
     echo: Callable[[str, str], None] | None = None
@@ -268,7 +266,7 @@ class LocalExecution:
             parameters = resolve_parameters(definition.get("Parameters", []), options.parameters)
             record = {
                 "PipelineName": self.pipeline_name,
-                "PipelineArn": f"arn:aws:sagemaker:us-east-1:000000000000:pipeline/{self.pipeline_name}",
+                "PipelineArn": local_arn(f"pipeline/{self.pipeline_name}"),
                 "PipelineExecutionId": execution_id,
                 "PipelineExecutionArn": self._execution_arn(),
                 "PipelineExecutionStatus": EXECUTING,
@@ -341,7 +339,7 @@ class LocalExecution:
         }
 
     def _execution_arn(self) -> str:
-        return f"arn:aws:sagemaker:us-east-1:000000000000:pipeline/{self.pipeline_name}/execution/{self.id}"
+        return local_arn(f"pipeline/{self.pipeline_name}/execution/{self.id}")
 
     # -- records ------------------------------------------------------------------------------------------------
     def save(self) -> None:
@@ -648,7 +646,7 @@ class LocalExecution:
                 "Properties": {
                     **arguments,
                     "ModelName": model_name,
-                    "ModelArn": f"arn:aws:sagemaker:us-east-1:000000000000:model/{model_name}",
+                    "ModelArn": local_arn(f"model/{model_name}"),
                 },
             }
         if kind == "Lambda":

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.local.status import local_arn
 from pipeline.local.store import Store, StoreError, atomic_write_json
 
 CONTAINER_ROOT = "/opt/ml"
@@ -56,8 +57,6 @@ _CONTAINER_PATH = re.compile(r"(?<![\w/.])/opt/ml(?=/|$|\s|=)")
 STOP_GRACE_SECONDS = 10
 HOST = "algo-1"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-REGION = "us-east-1"
-ACCOUNT = "000000000000"
 
 #: Called with each log line of a job; return True to stop the job (a pruned tuning trial).
 LineCallback = Callable[[str], bool | None]
@@ -82,7 +81,7 @@ class JobResult:
 
 def job_arn(kind: str, name: str) -> str:
     """A local ARN in SageMaker's shape, e.g. ``arn:aws:sagemaker:us-east-1:000000000000:training-job/<name>``."""
-    return f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:{kind}/{name}"
+    return local_arn(f"{kind}/{name}")
 
 
 def map_container_paths(value: Any, root: Path) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path)
-from pipeline.cli import UserError
+from pipeline.errors import UserError
 
 #: Training steps timed (after one warm-up step) and images per step for the estimate.
 TIMED_STEPS = 2

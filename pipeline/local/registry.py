@@ -25,12 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.local.status import local_arn
 from pipeline.local.store import Store, StoreError, atomic_write_json
 from pipeline.serving.handlers import sha256_of
 
 REGISTRY_FOLDER = "_registry"
-REGION = "us-east-1"
-ACCOUNT = "000000000000"
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 # Model package group names: https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_CreateModelPackageGroup.html
 GROUP_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -43,7 +42,7 @@ class RegistryError(Exception):
 
 def model_package_arn(group: str, version: int) -> str:
     """``arn:aws:sagemaker:<region>:<account>:model-package/<group>/<version>`` (SageMaker's ARN shape)."""
-    return f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package/{group}/{version}"
+    return local_arn(f"model-package/{group}/{version}")
 
 
 class ModelRegistry:
@@ -75,7 +74,7 @@ class ModelRegistry:
                 return json.loads(path.read_text())
             group = {
                 "ModelPackageGroupName": name,
-                "ModelPackageGroupArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package-group/{name}",
+                "ModelPackageGroupArn": local_arn(f"model-package-group/{name}"),
                 "ModelPackageGroupDescription": description,
                 "CreationTime": time.time(),
                 "ModelPackageGroupStatus": "Completed",

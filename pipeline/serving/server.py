@@ -44,6 +44,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
+from imgclf.host import usable_cpus
 from pipeline.serving.batching import DynamicBatcher, QueueFullError
 from pipeline.serving.handlers import (
     DEFAULT_ACCEPT_ENV,
@@ -73,7 +75,7 @@ def default_num_threads() -> int:
     try:
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     except (KeyError, ValueError):
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return usable_cpus()
 
 
 @dataclass

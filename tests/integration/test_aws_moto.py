@@ -12,8 +12,9 @@ import boto3
 import pytest
 
 from pipeline import aws
-from pipeline.cli import UserError, main
+from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.errors import UserError
 
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"

@@ -19,8 +19,9 @@ import pytest
 from botocore.stub import Stubber
 
 from pipeline import aws
-from pipeline.cli import UserError, main
+from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.errors import UserError
 from tests.conftest import ENTRYPOINTS, ROOT
 from tests.reliability.fault_server import FaultServer
 

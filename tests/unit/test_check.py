@@ -24,8 +24,9 @@ from pipeline.check import (
     request_shape_findings,
     volume_key_findings,
 )
-from pipeline.cli import UserError, main
+from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.errors import UserError
 from pipeline.instances import has_instance_store, is_gpu, valid_instance_types, volume_kms_key
 from steps.tune import hyperband_resources
 

@@ -111,8 +111,8 @@ def test_serve_resolves_a_registered_model_package(tmp_path):
     """``serve --model latest`` (or <group>/<version>, or the ARN) serves the registered archive, with its SHA-256
     to check and its ARN as the model version; an archive changed after registration is refused."""
     registry_module = pytest.importorskip("pipeline.local.registry")
-    from pipeline.cli import UserError
     from pipeline.commands.serving import resolve_model
+    from pipeline.errors import UserError
     from pipeline.local.store import Store
 
     store = Store(tmp_path / "store")

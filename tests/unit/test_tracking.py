@@ -84,8 +84,8 @@ def test_unreachable_server_is_one_warning_and_the_script_goes_on(tmp_path):
 
 
 def test_tracking_ui_serves_the_workspace_store_on_loopback(tmp_path):
-    from pipeline.cli import UserError
     from pipeline.commands.tracking import ui_command
+    from pipeline.errors import UserError
 
     with pytest.raises(UserError, match="no tracking store yet"):
         ui_command(tmp_path, 5000)
