@@ -7,7 +7,7 @@ Extraction sites (``grep -rn "extractall\\|tarfile.open" pipeline entrypoints``)
 - ``pipeline/local/jobs.py: extract_code``: ``sourcedir.tar.gz`` of a local processing job;
 - ``entrypoints/evaluate.py: extract_model``: the model archive of the evaluate step;
 - ``entrypoints/imgclf/debugger/runner.py: locate_training_output``: the train job's ``output.tar.gz``;
-- ``pipeline/local/report.py`` only reads ``.json`` members into memory (``extractfile``): nothing is written.
+- ``pipeline/local/report/`` only reads ``.json`` members into memory (``extractfile``): nothing is written.
 
 Each site is fed one archive per hostile member kind (PEP 706's threat list): ``..`` traversal, an absolute path, a
 symbolic link out (absolute and relative), a hard link to an absolute path, a character device, a FIFO, and a
@@ -140,9 +140,12 @@ def test_every_extraction_site_refuses_or_defuses_hostile_members(site, kind, tm
 
 
 def test_report_reads_training_output_members_without_writing(tmp_path):
-    """report.py opens output.tar.gz but only reads .json members into memory: a hostile member writes nothing."""
-    source = (ROOT / "pipeline" / "local" / "report.py").read_text(encoding="utf-8")
-    assert "extractall" not in source and ".extract(" not in source
+    """The report opens output.tar.gz but only reads .json members into memory: a hostile member writes nothing."""
+    modules = sorted((ROOT / "pipeline" / "local" / "report").glob("*.py"))
+    assert any("tarfile.open" in module.read_text(encoding="utf-8") for module in modules)  # the check looks here
+    for module in modules:
+        source = module.read_text(encoding="utf-8")
+        assert "extractall" not in source and ".extract(" not in source, module
 
 
 @pytest.mark.parametrize("script", ["evaluate.py", "debug.py"])
