@@ -59,10 +59,25 @@ def _describe(subparsers) -> None:
 
 
 def configure_logging(verbose: bool) -> None:
-    """INFO lines (DEBUG with ``--verbose``) as bare messages, less the libraries' chatter: one httpx line per HTTP
-    request would bury the results, and matplotlib's "generated new fontManager" (its first import on a machine)
-    says nothing to a user."""
+    """INFO lines (DEBUG with ``--verbose``) as bare messages, less the libraries' chatter. The one place the CLI
+    sets library log levels; it runs before any command imports the SageMaker SDK or boto3.
+
+    - ``sagemaker.config``: the SDK's logger prints "Not applying SDK defaults" INFO lines to stdout when the SDK is
+      imported, unless the logger already has a level and a handler; they would corrupt
+      ``python -m pipeline definition > definition.json``. (pipeline/session.py sets the same for library use.)
+    - ``botocore``, ``boto3``, ``s3transfer`` at INFO even under ``--verbose``: their DEBUG records print every
+      request's headers, the session token (X-Amz-Security-Token) and access key id among them, so no log may hold
+      them (docs/security.md).
+    - ``httpx`` (without ``--verbose``): one INFO line per HTTP request would bury the results.
+    - ``matplotlib``: its "generated new fontManager" (its first import on a machine) says nothing to a user.
+    """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    sdk_config = logging.getLogger("sagemaker.config")
+    sdk_config.setLevel(logging.WARNING)
+    if not sdk_config.handlers:
+        sdk_config.addHandler(logging.NullHandler())
+    for name in ("botocore", "boto3", "s3transfer"):
+        logging.getLogger(name).setLevel(logging.INFO)
     if not verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)

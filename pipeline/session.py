@@ -21,8 +21,10 @@ import os
 import traceback
 import warnings
 
-# Before the SDK is imported: its "sagemaker.config" logger prints INFO lines to stdout on import unless a level
-# and a handler are already set, which would corrupt `python -m pipeline definition > definition.json`.
+# Kept here although pipeline.cli.configure_logging sets the same: this must run before the SDK is imported, and
+# code that imports this module without the CLI (tests, bench, a notebook) never calls configure_logging. The
+# SDK's "sagemaker.config" logger prints INFO lines to stdout on import unless a level and a handler are already
+# set, which would corrupt JSON written to stdout.
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
 if not logging.getLogger("sagemaker.config").handlers:

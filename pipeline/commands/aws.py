@@ -9,24 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
 from pipeline.errors import UserError
-
-# The SDK's "sagemaker.config" logger prints INFO lines to stdout when first imported unless it already has a
-# level and a handler; set them here (this module is imported before any command runs) so that
-# `python -m pipeline definition > definition.json` writes JSON only. pipeline/session.py does the same.
-logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
-if not logging.getLogger("sagemaker.config").handlers:
-    logging.getLogger("sagemaker.config").addHandler(logging.NullHandler())
-# botocore's DEBUG records print every request's headers, the session token (X-Amz-Security-Token) and access key
-# id among them: keep them off even under --verbose, so no log holds a credential (docs/security.md). Every CLI
-# run imports this module (pipeline/cli.py builds the parser from all command modules), serving's predict included.
-for _name in ("botocore", "boto3", "s3transfer"):
-    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,8 @@ stays copyable. Every command runs in-process through ``pipeline.cli.main``."""
 from __future__ import annotations
 
 import io
+import json
+import logging
 import os
 import re
 import socket
@@ -193,6 +195,22 @@ def test_progress_prints_plain_lines_in_ci(monkeypatch):
     assert display.live is None
     display.on_event("split", {"StepStatus": "Succeeded", "DurationSeconds": 1.5, "Detail": ""})
     assert "step split: Succeeded in 1.5s" in terminal.file.getvalue()
+
+
+def test_library_log_levels_are_set_by_configure_logging_not_by_imports():
+    """Importing the package and every command module leaves loggers alone; ``configure_logging`` quiets the SDK's
+    stdout lines and keeps botocore's DEBUG records (request headers: the session token) off even under -v."""
+    names = ("sagemaker.config", "botocore", "boto3", "s3transfer", "httpx", "matplotlib")
+    code = ("import json, logging, sys; import pipeline.cli as cli; cli.build_parser(); "
+            f"levels = lambda: [logging.getLogger(n).level for n in {names!r}]; before = levels(); "
+            "cli.configure_logging(verbose=True); print(json.dumps([before, levels(), 'sagemaker' in sys.modules]))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    before, after, sdk_imported = json.loads(result.stdout)
+    assert before == [logging.NOTSET] * len(names)
+    assert not sdk_imported  # so the CLI sets sagemaker.config's level before the SDK's first import
+    assert dict(zip(names, after, strict=True)) == {
+        "sagemaker.config": logging.WARNING, "botocore": logging.INFO, "boto3": logging.INFO,
+        "s3transfer": logging.INFO, "httpx": logging.NOTSET, "matplotlib": logging.WARNING}  # fmt: skip
 
 
 def test_no_font_cache_message_on_a_fresh_machine(tmp_path):
