@@ -120,11 +120,11 @@ def run_serve(args) -> int:
     config = EndpointConfig(model, sha256, args.model_version or version, args.num_threads or default_num_threads(),
                             args.max_batch_size, args.max_delay_ms, args.max_queue_size)
     port = resolve_port(args.port)
-    print(f"serving {model} on http://{args.host}:{port} (GET /ping, POST /invocations); Ctrl-C stops", flush=True)
     try:
-        serve(config, args.host, port)
+        serve(config, args.host, port, on_loaded=lambda: print(
+            f"serving {model} on http://{args.host}:{port} (GET /ping, POST /invocations); Ctrl-C stops", flush=True))
     except ModelLoadError as error:
-        raise UserError(str(error)) from error
+        raise UserError(f"--model {model}: {error}") from error
     return 0
 
 

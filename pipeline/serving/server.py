@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,7 +143,8 @@ class Endpoint:
         import torch
 
         try:
-            await asyncio.to_thread(self._load)
+            if self.handlers is None:  # not loaded before the server started (serve(on_loaded=...))
+                await asyncio.to_thread(self._load)
         except Exception as error:
             self.state, self.error = "failed", f"{type(error).__name__}: {error}"
             logger.error("the model failed to load: %s", self.error)
@@ -288,16 +290,24 @@ class ModelLoadError(RuntimeError):
 
 
 def serve(config: EndpointConfig, host: str = "127.0.0.1", port: int | None = None, parent_pid: int | None = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", on_loaded: Callable[[], None] | None = None) -> None:
     """Run the endpoint in the foreground until SIGINT/SIGTERM (uvicorn shuts down gracefully).
 
     Args:
         parent_pid: exit when this process is gone (a background endpoint never outlives its starter).
+        on_loaded: given, the model loads before the server starts and this is called once it has (the CLI
+            announces the endpoint there), so a model that does not load is one ModelLoadError and nothing listens.
 
     Raises:
         ModelLoadError: the model failed to load (the server stops at once rather than answering 500 forever).
     """
     app, endpoint = create_app(config)
+    if on_loaded is not None:
+        try:
+            endpoint._load()
+        except Exception as error:
+            raise ModelLoadError(f"the model failed to load: {type(error).__name__}: {error}") from error
+        on_loaded()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=resolve_port(port), log_level=log_level,
                                            access_log=False, timeout_graceful_shutdown=10))
 

@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,19 @@ def test_serve_refuses_a_bad_archive_before_announcing_anything(capsys, tmp_path
     line = error_of(capsys, "serve", "--model", str(archive), "--port", str(closed_port()))
     assert "is not a tar archive" in line
     assert capsys.readouterr().out == ""  # no "serving ..." line, no Uvicorn banner
+
+
+def test_serve_loads_the_model_before_announcing_anything(capsys, tmp_path):
+    """A gzip tar that holds no model: the model is loaded (and fails) before the "serving" line and Uvicorn's
+    banner, and the failure is said once."""
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(ROOT / "README.md", arcname="README.md")
+    assert main(["serve", "--model", str(archive), "--port", str(closed_port())]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no "serving ..." line, no Uvicorn banner
+    assert captured.err.count("failed to load") == 1, captured.err
+    assert captured.err.strip().splitlines()[-1].startswith(f"error: --model {archive}: the model failed to load")
 
 
 def test_load_counts_only_answered_requests(capsys, digits_dir):
