@@ -145,7 +145,7 @@ def worker_count(setting: str, device: torch.device) -> int:
     ``auto`` on CUDA: the CPUs per GPU minus one (1-8), to keep the GPU fed. On CPU: the CPUs of this job that torch
     does not compute on (the job's CPUs are ``SM_NUM_CPUS``, which SageMaker sets and local mode sets to the job's
     share, else the CPUs this process may use), at most 4: with ``--threads 1`` on 2 CPUs, one worker decodes the
-    next batch on the idle core (make bench row 2: 0.85x -> 0.97x of synthetic-data speed). When torch uses every
+    next batch on the idle core, so a step waits on decoding hardly more than on pre-decoded data. When torch uses every
     CPU, workers would only take cycles from compute: 0 up to 4 CPUs, else a quarter of them (at most 4).
     """
     if setting != "auto":
@@ -410,7 +410,7 @@ class Training:
         (model_dir / "model_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
         copy_serving_code(model_dir / "code")
         hyperparameters = {k: v for k, v in vars(self.args).items() if not k.endswith("_dir")}
-        # issue 14: whether the Debugger hook ran, and why not (imgclf.debugger.hook.DebugSession.status)
+        # whether the Debugger hook ran, and why not (imgclf.debugger.hook.DebugSession.status)
         debugger = self.debug.status() if self.debug is not None else {
             "hook": False, "reason": "--debugger false" if not self.args.debugger else "debugger package missing"}
         (output_dir / "history.json").write_text(

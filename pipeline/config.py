@@ -464,7 +464,7 @@ class Estimate(_Model):
     endpoint_hours_per_month: float = Field(730, ge=0)
 
 
-# -- experiment tracking (issue 17) ------------------------------------------------------------------------------
+# -- experiment tracking -----------------------------------------------------------------------------------------
 #: A SageMaker managed MLflow tracking server ARN (the sagemaker-mlflow plugin resolves it to the server's URL).
 MLFLOW_SERVER_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:mlflow-tracking-server/[\w-]+$")
 #: Tracking URI schemes MLflow's client resolves (mlflow.tracking._tracking_service.utils).

@@ -2,9 +2,9 @@
 
 Measured, not assumed. Whether reduced precision pays off depends on the machine and the input size: bf16 needs
 native CPU instructions (AVX512-BF16 or AMX, oneDNN's bf16 kernels) and is emulated, far slower than fp32, without
-them; even with AVX512-BF16 but no AMX, resnet18 at 96 px trained slower in bf16 than in fp32 (issue 18), and with
-AMX a 28-px step ran at 0.95x fp32 while 224 px ran at 2.5x. So ``--amp auto`` and the endpoint time the candidate
-against fp32 on the actual model and input size at start-up, and keep fp32 unless the candidate is clearly faster.
+them; even with AVX512-BF16 but no AMX, bf16 can train slower than fp32, and with AMX small inputs gain nothing
+while large ones gain much. So ``--amp auto`` and the endpoint time the candidate against fp32 on the actual model
+and input size at start-up, and keep fp32 unless the candidate is clearly faster.
 
 Candidates: CUDA -> bf16 where the GPU runs it natively (compute capability >= 8.0, Ampere and later: no loss
 scaling), else fp16 with a GradScaler (the ml.g4dn T4, sm_75: ``torch.cuda.is_bf16_supported()`` says True there by
@@ -35,9 +35,9 @@ TRAINING_MIN_SPEEDUP = 1.1
 PROBE_FEW_IMAGES = 2
 
 #: A CPU candidate whose first timing, scaled to the full batch, is this many times the fp32 batch is emulated:
-#: refused without timing its full batch. Emulated bf16 on an AVX2-only EPYC (resnet18, 28 px, batch 64): scaled
-#: 4.3x, and a full bf16 step really took 5.6x fp32's (18.8 s against 3.4 s). Native bf16 at its worst took 1.05x
-#: fp32's time; scaling two images up overstates a CPU step by the per-layer overhead, well below 2x.
+#: refused without timing its full batch. Emulated bf16 (no AVX512-BF16 or AMX) takes several times fp32's time,
+#: native bf16 at its worst about fp32's; scaling two images up overstates a CPU step only by the per-layer
+#: overhead, so this factor separates the two with room on both sides.
 EMULATED_SLOWDOWN = 2.0
 
 #: Serving takes autocast only when a warm-up forward pass is at least this much faster than fp32: reduced
