@@ -227,3 +227,25 @@ def test_report_says_why_a_section_is_missing(tmp_path):
     assert "no debug.json in any finished processing step" in page
     with pytest.raises(FileNotFoundError, match="execution.json"):
         write_report(tmp_path / "nowhere")
+
+
+def test_report_of_cache_hits_points_at_the_source_execution(tmp_path):
+    """A cache hit records no jobs of its own: the tune row is not "0 trials", the tuning section names the
+    execution that holds the trials, and the graph's boxes say "cached" rather than a duration of 0 s."""
+    from pipeline.local.report.plots import step_label
+
+    run_dir, _ = build_run(tmp_path)
+    record = json.loads((run_dir / "execution.json").read_text())
+    source = {"SourcePipelineExecutionArn": "arn:aws:sagemaker:us-east-1:000000000000:pipeline/p/execution/exec-0"}
+    for step in record["Steps"]:
+        if step["StepName"] in ("Split", "Tune"):
+            step.update(CacheHitResult=source, DurationSeconds=0.0, Detail="cache hit from execution exec-0")
+            step["Jobs"] = []
+    write_json(run_dir / "execution.json", record)
+    page = write_report(run_dir).read_text()
+    assert "<td>Tune</td><td>Tuning</td>" in page and "0 trials" not in page
+    assert "<td>cache hit from execution exec-0</td>" in page
+    assert "tuning step Tune was a cache hit (from exec-0): its trials are in that execution&#x27;s report" in page
+    assert step_label(record["Steps"][1]) == "Tune\nSucceeded (cached)"
+    assert step_label(record["Steps"][2]) == "Train\nSucceeded 12s"
+    assert step_label({**record["Steps"][2], "DurationSeconds": 0.25}) == "Train\nSucceeded 0.2s"

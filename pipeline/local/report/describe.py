@@ -82,6 +82,8 @@ def step_detail(data: RunData, step: dict) -> str:
             return _processing_detail(data, name)
         if kind == "Tuning":
             trials = [j for j in step.get("Jobs", []) if j.get("TunedHyperParameters")]
+            if not trials:  # a cache hit records no jobs of its own
+                return ""
             best = best_trial(trials)
             done = sum(1 for t in trials if t.get("Status") == JobStatus.COMPLETED)
             text = f"{len(trials)} trials ({done} completed)"
@@ -90,7 +92,8 @@ def step_detail(data: RunData, step: dict) -> str:
             epochs = data.output_json("history.json").get("epochs") or []
             if epochs:
                 last = epochs[-1]
-                return (f"{len(epochs)} epochs; last: validation accuracy {plain(last.get('validation_accuracy'))}, "
+                count = f"{len(epochs)} epoch" + ("s" if len(epochs) != 1 else "")
+                return (f"{count}; last: validation accuracy {plain(last.get('validation_accuracy'))}, "
                         f"validation loss {plain(last.get('validation_loss'))}, train loss "
                         f"{plain(last.get('train_loss'))}")  # fmt: skip
         if kind == "Condition":

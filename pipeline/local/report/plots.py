@@ -36,8 +36,10 @@ def _png(fig, tight: bool = True) -> str:
 
 
 def step_label(step: dict) -> str:
-    """A step's box text: its name, then its status and duration."""
+    """A step's box text: its name, then its status and duration ("cached" for a cache hit)."""
     duration = step.get("DurationSeconds")
+    if (step.get("CacheHitResult") or {}).get("SourcePipelineExecutionArn"):
+        return f"{step['StepName']}\n{step.get('StepStatus', '')} (cached)"
     if not isinstance(duration, (int, float)):
         return f"{step['StepName']}\n{step.get('StepStatus', '')}"
     took = f"{duration:.1f}s" if duration < 10 else f"{duration:.0f}s"

@@ -82,6 +82,9 @@ def tuning_section(data: RunData) -> str:
     if not tuning:
         raise Unavailable("this execution has no tuning step")
     trials = [j for j in tuning[-1].get("Jobs", []) if j.get("TunedHyperParameters")]
+    if not trials and cache_source(tuning[-1]):
+        raise Unavailable(f"tuning step {tuning[-1]['StepName']} was a cache hit ({cache_source(tuning[-1])}): its "
+                          "trials are in that execution's report")  # fmt: skip
     if not trials:
         raise Unavailable(f"tuning step {tuning[-1]['StepName']} recorded no trials ({tuning[-1].get('StepStatus')})")
     scored = [t for t in trials if isinstance(t.get("ObjectiveValue"), (int, float))]
