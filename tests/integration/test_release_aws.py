@@ -201,3 +201,95 @@ def test_the_update_request_shape_is_checked():
     with pytest.raises(ParamValidationError):
         validate_parameters({"EndpointName": "e", "EndpointConfigName": "c",
                              "DeploymentConfig": {"BlueGreenUpdatePolicy": {"TrafficRouting": {}}}}, shape)
+
+
+@pytest.fixture
+def simple_lambda(aws_env):
+    """moto's Lambda without Docker (it echoes the event, or returns what was queued), for this test only: the
+    setting is process-wide in moto, so it is put back afterwards."""
+    import requests
+
+    requests.post(f"{aws_env}/moto-api/config", json={"lambda": {"use_docker": False}}, timeout=10)
+    yield aws_env
+    requests.post(f"{aws_env}/moto-api/config", json={"lambda": {"use_docker": True}}, timeout=10)
+
+
+def _images(root, index: int):
+    """An ImageFolder tree of one real digit per class (the ``index``-th of each): 10 images."""
+    from pipeline.sample_data import write_digits
+
+    every = root / "every"
+    write_digits(every, per_class=2)
+    tree = root / f"images-{index}"
+    for folder in sorted(every.iterdir()):
+        (tree / folder.name).mkdir(parents=True)
+        chosen = sorted(folder.iterdir())[index]
+        (tree / folder.name / chosen.name).write_bytes(chosen.read_bytes())
+    return tree
+
+
+def _text_bodies(monkeypatch):
+    """moto's server decodes every request body as UTF-8 and fails on an image: the runtime client sends each image
+    base64-encoded to moto (still one distinct body per image, which is how moto picks its queued answers)."""
+    import base64
+
+    made = aws.client
+
+    def encode(params, **_kwargs):
+        params["Body"] = base64.b64encode(params["Body"])
+
+    def client(session, service):
+        made_client = made(session, service)
+        if service == "sagemaker-runtime":
+            made_client.meta.events.register("provide-client-params.sagemaker-runtime.InvokeEndpoint", encode)
+        return made_client
+
+    monkeypatch.setattr(aws, "client", client)
+
+
+def test_promote_smoke_tests_staging_then_deploys_what_staging_serves_to_production(config, simple_lambda, tmp_path,
+                                                                                    monkeypatch):
+    import requests
+
+    _text_bodies(monkeypatch)
+
+    sm = boto3.client("sagemaker", region_name=REGION)
+    lam = boto3.client("lambda", region_name=REGION)
+    lam.create_function(FunctionName=config.deploy.lambda_function_name, Runtime="python3.12",
+                        Role=config.deploy.lambda_role_arn, Handler="deploy_endpoint.handler",
+                        Code={"ZipFile": b"PK\x05\x06" + b"\x00" * 18})  # fmt: skip
+    package = _package(sm, config, f"s3://{config.bucket}/v1/model.tar.gz", "Approved")
+    staged = deploy({**release.stage_event(config, "staging"), "model_package_arn": package}, sm,
+                    boto3.client("cloudwatch", region_name=REGION), wait_s=5)  # fmt: skip
+    assert staged["status"] == "InService"
+
+    def answers(labels):  # what moto's InvokeEndpoint returns, one per request, in order
+        results = [{"Body": json.dumps([{"label": label, "probability": 0.9}]), "ContentType": "application/json"}
+                   for label in labels]  # fmt: skip
+        requests.post(f"{simple_lambda}/moto-api/static/sagemaker/endpoint-results", json={"results": results},
+                      timeout=10)  # fmt: skip
+
+    # Staging answers "0_zero" for every digit: 1 of 10 right, under the gate's threshold. Production untouched:
+    # the queued Lambda answer is still there afterwards.
+    failing = _images(tmp_path, 0)
+    answers(["0_zero"] * 10)
+    requests.post(f"{simple_lambda}/moto-api/static/lambda-simple/response",
+                  json={"results": ['{"status": "still queued"}']}, timeout=10)  # fmt: skip
+    refused = release.promote(config, failing)
+    assert refused["status"] == "SmokeTestFailed" and refused["smoke_test"]["accuracy"] == pytest.approx(0.1)
+    assert "0.1000 accuracy" in refused["reason"] and f"threshold is {config.evaluation.accuracy_threshold}" in (
+        refused["reason"])
+    queued = lam.invoke(FunctionName=config.deploy.lambda_function_name, Payload=b"{}")["Payload"].read()
+    assert json.loads(queued) == {"status": "still queued"}
+
+    # Staging answers every digit right: the Lambda is invoked for production with the package staging serves.
+    passing = _images(tmp_path, 1)
+    answers([folder.name for folder in sorted(passing.iterdir())])
+    promoted = release.promote(config, passing)
+    assert promoted["smoke_test"] == {"accuracy": 1.0, "images": 10, "errors": 0,
+                                      "threshold": config.evaluation.accuracy_threshold, "passed": True}
+    # moto's Lambda echoes the event it was given: the production stage's event with staging's package
+    production = release.stage_event(config, "production")
+    assert promoted["model_package_arn"] == package and promoted["stage"] == "production"
+    assert {key: promoted[key] for key in production} == production
+    assert promoted["endpoint_name"] == config.deploy.stages.production.endpoint_name
