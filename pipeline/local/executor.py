@@ -87,7 +87,9 @@ TUNING_DEFINITION_KEY_ATTRIBUTES = (
     "StaticHyperParameters",
     "TuningObjective",
 )
-SUPPORTED_TYPES = ("Processing", "Training", "Tuning", "Condition", "Fail", "RegisterModel", "Model", "Lambda")
+SUPPORTED_TYPES = (
+    "Processing", "Training", "Tuning", "Condition", "Fail", "RegisterModel", "Model", "Lambda", "Callback"
+)
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 
 
@@ -653,6 +655,10 @@ class LocalExecution:
             from pipeline.local.deploy import run_deploy
 
             return run_deploy(self, node, arguments)
+        if kind == "Callback":
+            from pipeline.local.callback import answer
+
+            return answer(node.name, arguments)
 
         key = self.cache_key(node, arguments)
         cached = self.cache_lookup(node, key)
