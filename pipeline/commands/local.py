@@ -6,10 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
 from pipeline.local.status import StepStatus
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 INPUT_PARAMETER = "InputDataUri"
 
@@ -92,7 +95,9 @@ def _input_uri(definition: dict, parameters: dict[str, str]) -> str:
     return spec["DefaultValue"]
 
 
-def _definition(args: argparse.Namespace, parameters: dict[str, str]) -> tuple[dict, Any, dict[str, bytes], dict]:
+def _definition(
+    args: argparse.Namespace, parameters: dict[str, str]
+) -> tuple[dict, Config | None, dict[str, bytes], dict[str, str]]:
     """``(definition, config or None, uploads, parameter values)`` of the execution to start or resume.
 
     A resumed execution's definition and parameters are its own (``runs/<id>``); ``--definition`` runs that JSON
@@ -115,7 +120,7 @@ def _definition(args: argparse.Namespace, parameters: dict[str, str]) -> tuple[d
     return json.loads(built.definition), config, built.uploads, parameters
 
 
-def _describe(console, config, classes: dict[str, int] | None, cpus: int) -> None:
+def _describe(console, config: Config, classes: dict[str, int] | None, cpus: int) -> None:
     """The model and, for a --data folder, the estimated training time and the folder's images."""
     from pipeline.local.preflight import describe, estimate_run
 
