@@ -34,6 +34,14 @@ The endpoint config captures requests and responses when ``data_capture_uri`` is
 https://docs.aws.amazon.com/sagemaker/latest/dg/model-monitor-data-capture-endpoint.html): JSON Lines under
 ``<uri>/<endpoint>/<variant>/yyyy/mm/dd/hh/``, responses as text (``application/json``), images base64.
 
+The pipeline does not trust a Lambda's 15 minutes to see a blue/green update end. Its ``deploy`` step passes
+``"wait_for_outcome": "false"`` and returns at once; the ``endpoint_outcome`` CallbackStep after it sends one SQS
+message per deployment to the queue ``upsert`` creates, and this function, triggered by that queue (an event source
+mapping), answers the step with SendPipelineExecutionStepSuccess (InService, Unchanged, Skipped) or
+SendPipelineExecutionStepFailure (RolledBack, Failed, OutOfService, with the reason): see :func:`complete_callbacks`.
+A message about an endpoint still in progress is returned to the queue to be looked at again in
+:data:`RECHECK_S` seconds.
+
 Names are derived from the package version, so a retry of the same event reuses what the first try created:
 model ``<endpoint>-v<version>``, endpoint config ``<endpoint>-v<version>-<hash of the config's settings>``.
 boto3 only (it is in the Lambda runtime); nothing else from this repository is imported.
@@ -63,6 +71,14 @@ BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting", "Up
 #: Seconds kept back from the Lambda's time limit to answer after waiting for the outcome.
 ANSWER_MARGIN_S = 20.0
 POLL_S = 15.0
+#: Seconds until an SQS message about an endpoint still being created or updated is delivered again.
+RECHECK_S = 60
+#: Outcomes that end the pipeline's callback step: with success, or with failure (FailureReason: the reason).
+SUCCEEDED_OUTCOMES = ("InService", "Unchanged", "Skipped")
+FAILED_OUTCOMES = ("RolledBack", "Failed", "OutOfService")
+#: A step's token no longer waited for (the execution was stopped, or the step already answered): the message is
+#: dropped. SendPipelineExecutionStepSuccess/Failure errors (API reference of both calls).
+_STALE_TOKEN_ERRORS = ("ResourceNotFound", "ConflictException", "ValidationException")
 
 
 class EndpointBusyError(RuntimeError):
@@ -275,8 +291,74 @@ def deploy(event: dict, sagemaker=None, cloudwatch=None, wait_s: float = 0.0) ->
     return {**result, "status": status}
 
 
+def outcome(sagemaker, arguments: dict) -> tuple[str, str | None]:
+    """The outcome of the deployment the ``deploy`` step reported in ``arguments`` (its outputs ``status``,
+    ``reason``, ``endpoint_name``, ``endpoint_config_name``): ``(status, reason)``.
+
+    ``Unchanged`` and ``Skipped`` are final as reported; otherwise the endpoint is described once (see
+    :func:`wait_for_outcome`): a status outside :data:`SUCCEEDED_OUTCOMES` and :data:`FAILED_OUTCOMES` is still
+    in progress.
+    """
+    if arguments.get("status") in ("Unchanged", "Skipped"):
+        return arguments["status"], arguments.get("reason") or None
+    return wait_for_outcome(sagemaker, arguments["endpoint_name"], arguments["endpoint_config_name"], 0.0)
+
+
+def complete_callbacks(event: dict, sagemaker=None, sqs=None) -> dict:
+    """Answer the pipeline's ``endpoint_outcome`` callback step for each SQS record of ``event``.
+
+    Each record's body is the message SageMaker Pipelines sends for a callback step: ``{"token": <10
+    characters>, "pipelineExecutionArn", "status", "arguments": {<the step's inputs>}}`` (AWS blog "Extend
+    Amazon SageMaker Pipelines to include custom steps using callback steps"; CallbackToken: API reference of
+    SendPipelineExecutionStepSuccess). Finished deployments are answered (outputs ``status`` and ``reason``);
+    the others are made visible again in :data:`RECHECK_S` seconds and listed as failed items, so that SQS
+    delivers them again (``ReportBatchItemFailures``, https://docs.aws.amazon.com/lambda/latest/dg/
+    services-sqs-errorhandling.html). Returns ``{"batchItemFailures": [{"itemIdentifier": <message id>}]}``.
+    """
+    sagemaker = sagemaker or boto3.client("sagemaker", config=RETRY_CONFIG)
+    sqs = sqs or boto3.client("sqs", config=RETRY_CONFIG)
+    again = []
+    for record in event.get("Records", []):
+        message = json.loads(record["body"])
+        token, arguments = message["token"], message.get("arguments") or {}
+        status, reason = outcome(sagemaker, arguments)
+        endpoint = arguments.get("endpoint_name")
+        try:
+            if status in SUCCEEDED_OUTCOMES:
+                sagemaker.send_pipeline_execution_step_success(
+                    CallbackToken=token, OutputParameters=[{"Name": "status", "Value": status},
+                                                           {"Name": "reason", "Value": (reason or "")[:1024]}])
+                log.info("endpoint %s: %s (callback %s answered)", endpoint, status, token)
+            elif status in FAILED_OUTCOMES:
+                sagemaker.send_pipeline_execution_step_failure(
+                    CallbackToken=token, FailureReason=f"endpoint {endpoint} {status}: {reason or ''}"[:256])
+                log.info("endpoint %s: %s (callback %s failed)", endpoint, status, token)
+            else:
+                account, queue = record["eventSourceARN"].split(":")[4:6]
+                url = sqs.get_queue_url(QueueName=queue, QueueOwnerAWSAccountId=account)["QueueUrl"]
+                sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=record["receiptHandle"],
+                                              VisibilityTimeout=RECHECK_S)  # fmt: skip
+                again.append({"itemIdentifier": record["messageId"]})
+                log.info("endpoint %s is %s: looked at again in %d s", endpoint, status, RECHECK_S)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in _STALE_TOKEN_ERRORS:
+                raise
+            log.warning("callback %s of %s is no longer waited for: %s", token, message.get("pipelineExecutionArn"),
+                        error)  # fmt: skip
+    return {"batchItemFailures": again}
+
+
 def handler(event, context):
-    """AWS Lambda entry point (``deploy_endpoint.handler``): :func:`deploy`, waiting for the endpoint's outcome
-    while the function has time left (its timeout less :data:`ANSWER_MARGIN_S`)."""
+    """AWS Lambda entry point (``deploy_endpoint.handler``).
+
+    SQS records (the callback queue): :func:`complete_callbacks`. A deploy event: :func:`deploy`, waiting for the
+    endpoint's outcome while the function has time left (its timeout less :data:`ANSWER_MARGIN_S`), unless the
+    event says ``"wait_for_outcome": "false"`` (the pipeline's step, whose callback step waits instead).
+    """
+    if any(record.get("eventSource") == "aws:sqs" for record in event.get("Records", [])):
+        return complete_callbacks(event)
     remaining = context.get_remaining_time_in_millis() / 1000 if context is not None else 0.0
-    return deploy(event, wait_s=max(0.0, remaining - ANSWER_MARGIN_S))
+    waits = str(event.get("wait_for_outcome", "true")).lower() != "false"
+    result = deploy(event, wait_s=max(0.0, remaining - ANSWER_MARGIN_S) if waits else 0.0)
+    # The LambdaStep's outputs are strings (OutputParameter.Value: a string of 0 to 1024 characters)
+    return {key: "" if value is None else value for key, value in result.items()}

@@ -298,9 +298,10 @@ def _tags(config: Config) -> list[dict[str, str]]:
 
 def upsert(config: Config) -> UpsertResult:
     """Create or update everything a run needs, in order: the code bundle and runproc scripts in S3 (skipped when
-    the content-hashed key is there), the model package group, the deploy Lambda (``deploy.enabled``), then the
-    pipeline itself. Safe to run again. Raises UserError on any AWS error, and before any AWS call when
-    :func:`pipeline.check.check` finds a constraint the definition breaks (one line per finding).
+    the content-hashed key is there), the model package group, the deploy Lambda and the SQS queue of its callback
+    step (``deploy.enabled``), the approval and notification rules, then the pipeline itself. Safe to run again.
+    Raises UserError on any AWS error, and before any AWS call when :func:`pipeline.check.check` finds a
+    constraint the definition breaks (one line per finding).
     """
     from pipeline.build import build
     from pipeline.check import check
@@ -320,6 +321,7 @@ def upsert(config: Config) -> UpsertResult:
     if config.deploy.enabled:
         with aws_errors(f"creating or updating Lambda function {config.deploy.lambda_function_name}"):
             function = _upsert_lambda(client(session, "lambda"), config)
+        release.upsert_outcome_queue(config, session, function)
     release.upsert_rules(config, session, function)
     request = {
         "PipelineName": config.pipeline_name,
@@ -583,9 +585,9 @@ def unschedule(config: Config) -> bool:
 def teardown(config: Config, delete_pipeline: bool = False) -> list[str]:
     """Delete what keeps costing money or acting: both stage endpoints, their endpoint configs, models (named
     ``<endpoint>-v<version>...`` by the deploy Lambda) and rollback alarms, the approval and notification rules
-    (:mod:`pipeline.release`), the schedule; with ``delete_pipeline`` also the pipeline
-    and the deploy Lambda. The model package group is kept (registry history). Returns what was deleted; safe
-    to run twice (missing things are skipped)."""
+    (:mod:`pipeline.release`), the schedule; with ``delete_pipeline`` also the pipeline, the deploy Lambda and its
+    callback queue. The model package group is kept (registry history). Returns what was deleted; safe to run
+    twice (missing things are skipped)."""
     session = clients(config)
     sm = client(session, "sagemaker")
     deleted = release.delete_endpoints(config, session) + release.delete_rules(config, session)
@@ -600,6 +602,7 @@ def teardown(config: Config, delete_pipeline: bool = False) -> list[str]:
                 if not _not_found(error):
                     raise
         if config.deploy.enabled or config.deploy.lambda_function_name:
+            deleted += release.delete_outcome_queue(config, session)
             with aws_errors(f"deleting Lambda function {config.deploy.lambda_function_name}"):
                 try:
                     client(session, "lambda").delete_function(FunctionName=config.deploy.lambda_function_name)

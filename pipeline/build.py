@@ -76,7 +76,7 @@ def get_pipeline(config: Config, session: OfflinePipelineSession) -> Pipeline:
     register_step = register.build(ctx, train_step, evaluate_step[0])
     if_steps: list[Step | StepCollection] = [register_step]
     if config.deploy.enabled:
-        if_steps.append(deploy.build(ctx, register_step))
+        if_steps.extend(deploy.build(ctx, register_step))
     gate_step = gate.build(ctx, evaluate_step, debug_step, if_steps)
 
     return Pipeline(

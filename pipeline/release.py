@@ -68,6 +68,80 @@ def stage_event(config: Config, stage: str) -> dict:
     return event
 
 
+def outcome_queue_name(config: Config) -> str:
+    """The SQS queue of the pipeline's ``endpoint_outcome`` callback step: ``<deploy function>-outcomes``."""
+    return f"{config.deploy.lambda_function_name[:71]}-outcomes"
+
+
+def outcome_queue_url(config: Config) -> str:
+    """The queue's URL, ``https://sqs.<region>.amazonaws.com/<account>/<name>`` (the account read from the role
+    ARN: no STS call, the definition stays offline)."""
+    _, account = _account(config)
+    return f"https://sqs.{config.region}.amazonaws.com/{account}/{outcome_queue_name(config)}"
+
+
+#: The callback queue's attributes. Retention: SQS's maximum, 14 days (a callback step waits for its answer up to
+#: 7 days). Visibility: six times the function's timeout, as AWS recommends for a queue that triggers a function
+#: (https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html); the function makes a message about
+#: an endpoint still in progress visible again sooner (deploy_endpoint.RECHECK_S).
+OUTCOME_QUEUE_RETENTION_S = 14 * 24 * 3600
+
+
+def upsert_outcome_queue(config: Config, session, function_arn: str) -> str:
+    """Create the callback queue (or set its attributes) and the deploy function's event source mapping on it
+    (batch size 1, ``ReportBatchItemFailures``); returns the queue URL. Safe to run again."""
+    from pipeline.aws import aws_errors, client
+
+    sqs = client(session, "sqs")
+    lam = client(session, "lambda")
+    name = outcome_queue_name(config)
+    attributes = {"MessageRetentionPeriod": str(OUTCOME_QUEUE_RETENTION_S),
+                  "VisibilityTimeout": str(6 * config.deploy.lambda_timeout_s)}  # fmt: skip
+    if config.security.kms_key_id:
+        attributes["KmsMasterKeyId"] = config.security.kms_key_id
+    else:
+        attributes["SqsManagedSseEnabled"] = "true"
+    with aws_errors(f"creating SQS queue {name}"):
+        try:
+            url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+        except ClientError as error:
+            if _code(error) not in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+                raise
+            url = sqs.create_queue(QueueName=name, Attributes=attributes, tags=dict(config.tags))["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    with aws_errors(f"connecting SQS queue {name} to {config.deploy.lambda_function_name}"):
+        mappings = lam.list_event_source_mappings(EventSourceArn=queue_arn).get("EventSourceMappings", [])
+        if not any(m.get("FunctionArn", "").split(":$")[0] == function_arn.split(":$")[0] for m in mappings):
+            lam.create_event_source_mapping(EventSourceArn=queue_arn, FunctionName=function_arn, BatchSize=1,
+                                            FunctionResponseTypes=["ReportBatchItemFailures"])  # fmt: skip
+    return url
+
+
+def delete_outcome_queue(config: Config, session) -> list[str]:
+    """Delete the deploy function's event source mappings on the callback queue, then the queue."""
+    from pipeline.aws import aws_errors, client
+
+    sqs = client(session, "sqs")
+    lam = client(session, "lambda")
+    deleted: list[str] = []
+    name = outcome_queue_name(config)
+    with aws_errors(f"deleting SQS queue {name}"):
+        try:
+            url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        except ClientError as error:
+            if _code(error) not in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+                raise
+            return deleted
+        queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        for mapping in lam.list_event_source_mappings(EventSourceArn=queue_arn).get("EventSourceMappings", []):
+            lam.delete_event_source_mapping(UUID=mapping["UUID"])
+            deleted.append(f"event source mapping {mapping['UUID']}")
+        sqs.delete_queue(QueueUrl=url)
+        deleted.append(f"queue {name}")
+    return deleted
+
+
 def rule_names(config: Config) -> dict[str, str]:
     """``{"approval", "pipeline_failed", "endpoint_failed"}`` -> rule name (EventBridge: at most 64 characters)."""
     base = config.pipeline_name[:48]

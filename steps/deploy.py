@@ -8,17 +8,26 @@ protections (``network_isolation``, ``kms_key_id``, ``subnets``, ``security_grou
 blue/green rollout settings. Outputs: ``endpoint_name``, ``status`` (the endpoint's outcome when it ends within the
 function's timeout: ``InService``, ``RolledBack``, ``Failed``; else ``Creating``/``Updating``; ``Unchanged``;
 ``Skipped`` when the package is not Approved) and ``reason``.
+
+The step tells the function not to wait (``wait_for_outcome``): a blue/green update with canary traffic can take
+longer than a Lambda may run (15 minutes). ``endpoint_outcome``, a CallbackStep after it, ends with the endpoint's
+real outcome instead: SageMaker sends its token and inputs to the deploy function's SQS queue
+(:func:`pipeline.release.outcome_queue_url`), and the function answers once the endpoint is InService (outputs
+``status``, ``reason``) or fails the step with the reason when it failed or rolled back
+(``deploy_endpoint.complete_callbacks``).
 """
 
 from __future__ import annotations
 
 from sagemaker.lambda_helper import Lambda
+from sagemaker.workflow.callback_step import CallbackOutput, CallbackOutputTypeEnum, CallbackStep
 from sagemaker.workflow.lambda_step import LambdaOutput, LambdaOutputTypeEnum, LambdaStep
 from sagemaker.workflow.model_step import ModelStep
 
 from steps.context import StepContext
 
 STEP_NAME = "deploy"
+OUTCOME_STEP_NAME = "endpoint_outcome"
 
 
 def function_arn(ctx: StepContext) -> str:
@@ -28,20 +37,28 @@ def function_arn(ctx: StepContext) -> str:
     return f"arn:{partition}:lambda:{config.region}:{account}:function:{config.deploy.lambda_function_name}"
 
 
-def build(ctx: StepContext, register: ModelStep) -> LambdaStep:
-    """Return the ``deploy`` step (not cached: it acts on an endpoint, and LambdaStep takes no CacheConfig).
+def build(ctx: StepContext, register: ModelStep) -> list[LambdaStep | CallbackStep]:
+    """Return ``[deploy, endpoint_outcome]`` (neither is cached: they act on an endpoint, and neither step type
+    takes a CacheConfig).
 
-    It deploys to the staging endpoint (``deploy.stages.staging``): production is reached only by ``promote``.
+    They deploy to the staging endpoint (``deploy.stages.staging``): production is reached only by ``promote``.
     """
-    from pipeline.release import stage_event
+    from pipeline.release import outcome_queue_url, stage_event
 
-    return LambdaStep(
+    deploy = LambdaStep(
         name=STEP_NAME,
         lambda_func=Lambda(function_arn=function_arn(ctx), session=ctx.session),
-        inputs={"model_package_arn": register.properties.ModelPackageArn, **stage_event(ctx.config, "staging")},
-        outputs=[
-            LambdaOutput(output_name="endpoint_name", output_type=LambdaOutputTypeEnum.String),
-            LambdaOutput(output_name="status", output_type=LambdaOutputTypeEnum.String),
-            LambdaOutput(output_name="reason", output_type=LambdaOutputTypeEnum.String),
-        ],
+        inputs={"model_package_arn": register.properties.ModelPackageArn, **stage_event(ctx.config, "staging"),
+                "wait_for_outcome": "false"},  # fmt: skip
+        outputs=[LambdaOutput(output_name=name, output_type=LambdaOutputTypeEnum.String)
+                 for name in ("endpoint_name", "endpoint_config_name", "status", "reason")],  # fmt: skip
     )
+    outcome = CallbackStep(
+        name=OUTCOME_STEP_NAME,
+        sqs_queue_url=outcome_queue_url(ctx.config),
+        inputs={name: deploy.properties.Outputs[name]
+                for name in ("endpoint_name", "endpoint_config_name", "status", "reason")},  # fmt: skip
+        outputs=[CallbackOutput(output_name=name, output_type=CallbackOutputTypeEnum.String)
+                 for name in ("status", "reason")],  # fmt: skip
+    )
+    return [deploy, outcome]

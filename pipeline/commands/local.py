@@ -6,8 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
+from pipeline.local.status import StepStatus
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 INPUT_PARAMETER = "InputDataUri"
 
@@ -90,76 +95,87 @@ def _input_uri(definition: dict, parameters: dict[str, str]) -> str:
     return spec["DefaultValue"]
 
 
+def _definition(
+    args: argparse.Namespace, parameters: dict[str, str]
+) -> tuple[dict, Config | None, dict[str, bytes], dict[str, str]]:
+    """``(definition, config or None, uploads, parameter values)`` of the execution to start or resume.
+
+    A resumed execution's definition and parameters are its own (``runs/<id>``); ``--definition`` runs that JSON
+    as it is; otherwise the definition is built from the config, with the objects it needs in the store.
+    """
+    from pipeline.local.executor import read_run
+
+    if args.resume:
+        if args.definition or args.overrides or parameters:
+            raise UserError("--resume reuses the run's definition and parameters: drop --definition/--set/--param")
+        definition, record = read_run(args.runs, args.resume)
+        return definition, None, {}, {name: str(value) for name, value in record["Parameters"].items()}
+    if args.definition:
+        return json.loads(args.definition.read_text()), None, {}, parameters
+    from pipeline.build import build
+    from pipeline.config import load_config
+
+    config = load_config(args.config, args.overrides, local=True)
+    built = build(config)
+    return json.loads(built.definition), config, built.uploads, parameters
+
+
+def _describe(console, config: Config, classes: dict[str, int] | None, cpus: int) -> None:
+    """The model and, for a --data folder, the estimated training time and the folder's images."""
+    from pipeline.local.preflight import describe, estimate_run
+
+    if classes:
+        images = sum(classes.values())
+        line = f"{describe(estimate_run(config, images, cpus))}; {images:,} images in {len(classes)} classes"
+    else:
+        training = config.training
+        line = (f"training {training.model} (weights {training.weights}) at {training.image_size} px "
+                "(training.image_size)")  # fmt: skip
+    console.print(line, highlight=False, soft_wrap=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) one local execution; print its summary; with ``--demo`` run the endpoint demo."""
+    import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
     from imgclf.host import usable_cpus
     from pipeline.local.demo import run_demo
-    from pipeline.local.executor import ExecutionError, LocalExecution, RunOptions
+    from pipeline.local.executor import ExecutionError, LocalExecution, RunOptions, step_graph
+    from pipeline.local.preflight import check_image_folder
     from pipeline.local.progress import ProgressDisplay
     from pipeline.local.store import StoreError
 
     parameters = _key_values(args.param, "--param")
-    options = RunOptions(
-        store=args.store,
-        runs=args.runs,
-        parameters=parameters,
-        cpus=args.cpus or usable_cpus(),
-        keep_job_dirs=args.keep_job_dirs,
-    )
-    from pipeline.local.preflight import check_image_folder, describe, estimate_run
-
     # the folder's layout is checked here, before the execution starts, so that its errors name the user's folder
     # (split.py inside the job only sees its container path)
     classes = check_image_folder(args.data) if args.data is not None else None
-    config = None
     try:
+        definition, config, uploads, values = _definition(args, parameters)
+        nodes = step_graph(definition)
+        display = ProgressDisplay(list(nodes), {n: node.type for n, node in nodes.items()}, logs=not args.no_logs)
+        options = RunOptions(
+            store=args.store,
+            runs=args.runs,
+            parameters=parameters,
+            cpus=args.cpus or usable_cpus(),
+            uploads=uploads,
+            links={_input_uri(definition, values): args.data} if args.data is not None else {},
+            echo=display.echo,
+            on_event=display.on_event,
+            keep_job_dirs=args.keep_job_dirs,
+        )
         if args.resume:
-            if args.definition or args.overrides or parameters:
-                raise UserError(
-                    "--resume reuses the run's definition and parameters: drop --definition/--set/--param"
-                )
             execution = LocalExecution.resume(args.resume, options)
         else:
-            if args.definition:
-                definition, pipeline_name = json.loads(args.definition.read_text()), None
-            else:
-                from pipeline.build import build
-                from pipeline.config import load_config
-
-                config = load_config(args.config, args.overrides, local=True)
-                built = build(config)
-                definition, pipeline_name = json.loads(built.definition), config.pipeline_name
-                options.uploads = built.uploads
-            if args.data is not None:
-                options.links = {_input_uri(definition, parameters): args.data}
-            execution = LocalExecution.start(definition, options, pipeline_name)
+            execution = LocalExecution.start(definition, options, config.pipeline_name if config else None)
     except (ExecutionError, StoreError, OSError, json.JSONDecodeError) as error:
         raise UserError(str(error)) from error
-    if args.data is not None and args.resume:
-        options.links = {
-            _input_uri(
-                execution.definition, {k: str(v) for k, v in execution.record["Parameters"].items()}
-            ): args.data
-        }
-
-    display = ProgressDisplay(
-        list(execution.nodes), {n: node.type for n, node in execution.nodes.items()}, logs=not args.no_logs
-    )
-    options.echo, options.on_event = display.echo, display.on_event
     console = display.console
     console.print(
         f"execution {execution.id}: store {execution.store.root}, records {execution.run_dir}",
         highlight=False, soft_wrap=True,
     )  # fmt: skip
     if config is not None:
-        if classes:
-            line = describe(estimate_run(config, sum(classes.values()), options.cpus))
-            console.print(f"{line}; {sum(classes.values()):,} images in {len(classes)} classes", highlight=False,
-                          soft_wrap=True)  # fmt: skip
-        else:
-            training = config.training
-            console.print(f"training {training.model} (weights {training.weights}) at {training.image_size} px "
-                          "(training.image_size)", highlight=False, soft_wrap=True)  # fmt: skip
+        _describe(console, config, classes, options.cpus)
     try:
         with display:
             record = execution.run()
@@ -167,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     console.print((execution.run_dir / "summary.txt").read_text(), highlight=False, markup=False)
     console.print(f"records: {execution.run_dir / 'execution.json'}", highlight=False)
-    status = 0 if record["PipelineExecutionStatus"] == "Succeeded" else 1
+    status = 0 if record["PipelineExecutionStatus"] == StepStatus.SUCCEEDED else 1
     if status:
         console.print(f"resume with: python -m pipeline run-local --resume {execution.id}", highlight=False)
     if args.demo:

@@ -21,22 +21,21 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
 
 from pipeline.local.endpoint import EndpointError, LocalEndpoint, server_available
 from pipeline.local.registry import resolve_model_package
-from pipeline.local.store import atomic_write_json
-
-if TYPE_CHECKING:
-    from pipeline.local.executor import LocalExecution, StepNode
+from pipeline.local.status import StepOutcome, StepStatus
+from pipeline.local.store import Store, atomic_write_json
 
 _PACKAGE_ARN = re.compile(r":model-package/[^/]+/\d+$")
 #: Not ``_endpoints``: that folder holds the long-lived stage endpoints' state (pipeline.local.stages).
 DEPLOYMENTS_FOLDER = "_deployments"
 
 
-def _outputs(node: StepNode, values: dict) -> dict:
-    declared = [o.get("OutputName") for o in node.spec.get("OutputParameters") or []]
+def _outputs(spec: dict, values: dict) -> dict:
+    declared = [o.get("OutputName") for o in spec.get("OutputParameters") or []]
     return {name: str(values.get(name, "")) for name in declared} | {k: str(v) for k, v in values.items()}
 
 
@@ -47,23 +46,28 @@ def _read_json(path) -> dict:
         return {}
 
 
-def run_deploy(execution: LocalExecution, node: StepNode, arguments: dict) -> dict:
-    """Run the deploy step; returns the step's outcome fields (StepStatus, Properties, Detail...)."""
+def run_deploy(
+    step_name: str, spec: dict, arguments: dict, *, store: Store, jobs_dir: Path, report: Callable[[str], None]
+) -> StepOutcome:
+    """Run the deploy LambdaStep ``step_name`` (its definition ``spec``, its resolved ``arguments``).
+
+    The endpoint's log goes to ``jobs_dir/<endpoint name>-endpoint.log``; ``report(detail)`` shows progress.
+    """
     arn = arguments.get("model_package_arn") or next(
         (v for v in arguments.values() if isinstance(v, str) and _PACKAGE_ARN.search(v)), None
     )
     if not arn:
-        return {
-            "StepStatus": "Failed",
-            "FailureReason": f"Lambda {node.name}: no model package ARN among its inputs "
+        return StepOutcome(
+            StepStatus.FAILED,
+            failure_reason=f"Lambda {step_name}: no model package ARN among its inputs "
             f"({', '.join(arguments)}); local mode runs the deploy function only",
-        }
-    endpoint_name = str(arguments.get("endpoint_name") or node.name)
-    package = resolve_model_package(execution.store.root, arn)
+        )
+    endpoint_name = str(arguments.get("endpoint_name") or step_name)
+    package = resolve_model_package(store.root, arn)
     description = package["description"]
     values = {"endpoint_name": endpoint_name, "model_package_arn": arn}
     base = {
-        "FunctionArn": node.spec.get("FunctionArn"),
+        "FunctionArn": spec.get("FunctionArn"),
         "Arguments": arguments,
         "ModelDataUrl": str(package["model_path"]),
         "ModelDataSha256": package["sha256"],
@@ -71,56 +75,41 @@ def run_deploy(execution: LocalExecution, node: StepNode, arguments: dict) -> di
     if description.get("ModelApprovalStatus") != "Approved":
         values["status"] = "Skipped"
         reason = f"model package approval status is {description.get('ModelApprovalStatus')}, not Approved"
-        return {
-            "StepStatus": "Succeeded",
-            "Properties": {**base, "OutputParameters": _outputs(node, values), "Reason": reason},
-            "Detail": reason,
-        }
+        properties = {**base, "OutputParameters": _outputs(spec, values), "Reason": reason}
+        return StepOutcome(StepStatus.SUCCEEDED, properties, detail=reason)
     if not server_available():
         reason = "no local server in this checkout (pipeline/commands/serving.py): the endpoint was not started"
-        return {
-            "StepStatus": "Skipped",
-            "FailureReason": None,
-            "Detail": reason,
-            "Properties": {
-                **base,
-                "OutputParameters": _outputs(node, {**values, "status": "Skipped"}),
-                "Reason": reason,
-            },
-        }
-    record_path = execution.store.root / DEPLOYMENTS_FOLDER / f"{re.sub(r'[^a-zA-Z0-9-]', '-', endpoint_name)}.json"
+        outputs = _outputs(spec, {**values, "status": "Skipped"})
+        return StepOutcome(StepStatus.SKIPPED, {**base, "OutputParameters": outputs, "Reason": reason}, detail=reason)
+    record_path = store.root / DEPLOYMENTS_FOLDER / f"{re.sub(r'[^a-zA-Z0-9-]', '-', endpoint_name)}.json"
     model_data_url = description["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
     serving = _read_json(record_path)
     if serving.get("ModelDataUrl") == model_data_url and serving.get("ModelDataSha256") == package["sha256"]:
         values["status"] = "Unchanged"
         reason = f"{endpoint_name} already serves {model_data_url} (from {serving.get('ModelPackageArn')})"
-        return {
-            "StepStatus": "Succeeded",
-            "Detail": reason,
-            "Properties": {**base, "OutputParameters": _outputs(node, values), "Reason": reason},
-        }
+        properties = {**base, "OutputParameters": _outputs(spec, values), "Reason": reason}
+        return StepOutcome(StepStatus.SUCCEEDED, properties, detail=reason)
     endpoint = LocalEndpoint(
         package["model_path"],
-        execution.jobs_dir / f"{endpoint_name}-endpoint.log",
+        jobs_dir / f"{endpoint_name}-endpoint.log",
         sha256=package["sha256"],
         model_version=arn,
     )
-    execution.update_step(node.name, Detail=f"starting endpoint {endpoint_name} on {endpoint.url}")
+    report(f"starting endpoint {endpoint_name} on {endpoint.url}")
     try:
         with endpoint:
             values.update(status="InService", endpoint_url=endpoint.url)
     except EndpointError as error:
-        return {"StepStatus": "Failed", "FailureReason": f"endpoint {endpoint_name}: {error}"}
+        return StepOutcome(StepStatus.FAILED, failure_reason=f"endpoint {endpoint_name}: {error}")
     atomic_write_json(record_path, {"EndpointName": endpoint_name, "ModelPackageArn": arn,
                                     "ModelDataUrl": model_data_url, "ModelDataSha256": package["sha256"]})  # fmt: skip
-    serve = f"python -m pipeline serve --model {arn} --store {execution.store.root}"
-    return {
-        "StepStatus": "Succeeded",
-        "Detail": f"{endpoint_name} answered /ping on {endpoint.url} (stopped)",
-        "Properties": {
-            **base,
-            "OutputParameters": _outputs(node, values),
-            "ServeCommand": serve,
-            "EndpointLog": str(endpoint.log_path),
-        },
+    serve = f"python -m pipeline serve --model {arn} --store {store.root}"
+    properties = {
+        **base,
+        "OutputParameters": _outputs(spec, values),
+        "ServeCommand": serve,
+        "EndpointLog": str(endpoint.log_path),
     }
+    return StepOutcome(
+        StepStatus.SUCCEEDED, properties, detail=f"{endpoint_name} answered /ping on {endpoint.url} (stopped)"
+    )

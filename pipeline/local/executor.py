@@ -10,15 +10,17 @@ parallel up to the CPU count, and records everything in ``<runs>/<execution id>/
 - ``jobs/<job name>.log``: each job's output; ``tuning/<step>/optuna.journal``: the tuning trials.
 
 Step types: Processing, Training, Tuning (:mod:`pipeline.local.jobs`, :mod:`pipeline.local.tuning`), Condition,
-Fail, RegisterModel (:mod:`pipeline.local.registry`), Model (recorded) and Lambda (the ``deploy`` function, run
-locally by :mod:`pipeline.local.deploy`).
+Fail, RegisterModel (:mod:`pipeline.local.registry`), Model (recorded), Lambda (the ``deploy`` function, run
+locally by :mod:`pipeline.local.deploy`) and Callback (``endpoint_outcome``, :mod:`pipeline.local.callback`).
+Each type has one handler in :data:`STEP_HANDLERS` that returns a :class:`~pipeline.local.status.StepOutcome`, as
+the SageMaker SDK's own local runner has one ``_StepExecutor`` per step type (``sagemaker/local/pipeline.py``).
 
 Step caching is SageMaker's: a Processing, Training or Tuning step with ``CacheConfig.Enabled`` whose cache key
 attributes (:data:`CACHE_KEY_ATTRIBUTES`, resolved) equal those of a successful run of the same step of the same
 pipeline within ``ExpireAfter`` is not run again; it gets that run's properties and names it in
 ``CacheHitResult.SourcePipelineExecutionArn``. As in AWS, the key holds URIs, never the bytes behind them (new
 objects under the same input URI are a cache hit), output locations are not part of it, and a hit does not check
-that the earlier outputs still exist. Condition, Fail, RegisterModel, Model and Lambda steps are never cached.
+that the earlier outputs still exist. Condition, Fail, RegisterModel, Model, Lambda and Callback steps are never cached.
 
 Statuses are SageMaker's (``Executing``, ``Succeeded``, ``Failed``, ``Stopped``) plus two local ones for steps that
 did not run: ``Skipped`` (a ConditionStep branch not taken, or a deploy with no local server) and ``NotStarted``
@@ -45,23 +47,16 @@ from typing import Any
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.host import usable_cpus
 from pipeline.local import expressions
+from pipeline.local.callback import answer as answer_callback
+from pipeline.local.deploy import run_deploy
 from pipeline.local.expressions import Context, ExpressionError
 from pipeline.local.jobs import JobContext, JobError, JobResult, run_processing_job, run_training_job
 from pipeline.local.registry import ModelRegistry, RegistryError
-from pipeline.local.status import local_arn
+from pipeline.local.status import JobStatus, StepOutcome, StepStatus, local_arn
 from pipeline.local.store import Store, StoreError, atomic_write_json
 from pipeline.local.tracking import ExecutionRun
 from pipeline.local.tuning import run_tuning_job
 
-SUCCEEDED, FAILED, EXECUTING, STOPPED, SKIPPED, NOT_STARTED = (
-    "Succeeded",
-    "Failed",
-    "Executing",
-    "Stopped",
-    "Skipped",
-    "NotStarted",
-)
-DONE = (SUCCEEDED, FAILED, STOPPED, SKIPPED, NOT_STARTED)
 CACHE_FOLDER = ".cache"
 #: What SageMaker compares to decide a cache hit, per step type: "Default cache key attributes by pipeline step
 #: type" (https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-default-keys.html). Nothing else of the request
@@ -87,7 +82,6 @@ TUNING_DEFINITION_KEY_ATTRIBUTES = (
     "StaticHyperParameters",
     "TuningObjective",
 )
-SUPPORTED_TYPES = ("Processing", "Training", "Tuning", "Condition", "Fail", "RegisterModel", "Model", "Lambda")
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 
 
@@ -167,6 +161,25 @@ def cache_key_attributes(kind: str, arguments: dict) -> dict:
     return key
 
 
+def read_run(runs: Path, execution_id: str) -> tuple[dict, dict]:
+    """``(definition, execution record)`` of the execution recorded in ``<runs>/<execution_id>``.
+
+    Raises:
+        ExecutionError: no such run folder or it is unreadable (the message lists the executions in ``runs``).
+    """
+    run_dir = Path(runs) / execution_id
+    try:
+        record = json.loads((run_dir / "execution.json").read_text())
+        definition = json.loads((run_dir / "definition.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        known = sorted(p.parent.name for p in Path(runs).glob("*/execution.json")) if Path(runs).is_dir() else []
+        raise ExecutionError(
+            f"--resume {execution_id}: cannot read {run_dir}/execution.json ({error}); "
+            f"executions in {runs}: {', '.join(known) or 'none'}"
+        ) from error
+    return definition, record
+
+
 @dataclass
 class StepNode:
     """One step of the flattened graph. ``branch`` is ``(condition step, "IfSteps"|"ElseSteps")`` for branch steps."""
@@ -192,9 +205,9 @@ def step_graph(definition: dict) -> dict[str, StepNode]:
             raise ExecutionError(f"a step has no Name: {json.dumps(spec)[:200]}")
         if name in nodes:
             raise ExecutionError(f"step name {name!r} is used twice")
-        if kind not in SUPPORTED_TYPES:
+        if kind not in STEP_HANDLERS:
             raise ExecutionError(
-                f"step {name}: type {kind!r} is not supported locally (supported: {', '.join(SUPPORTED_TYPES)})"
+                f"step {name}: type {kind!r} is not supported locally (supported: {', '.join(STEP_HANDLERS)})"
             )
         body = {key: value for key, value in spec.items() if key not in ("DependsOn",)}
         if kind == "Condition":
@@ -269,7 +282,7 @@ class LocalExecution:
                 "PipelineArn": local_arn(f"pipeline/{self.pipeline_name}"),
                 "PipelineExecutionId": execution_id,
                 "PipelineExecutionArn": self._execution_arn(),
-                "PipelineExecutionStatus": EXECUTING,
+                "PipelineExecutionStatus": StepStatus.EXECUTING,
                 "CreationTime": _now_iso(),
                 "Parameters": parameters,
                 "Store": str(self.store.root),
@@ -297,28 +310,19 @@ class LocalExecution:
         Raises:
             ExecutionError: no such run folder or it is unreadable.
         """
-        run_dir = Path(options.runs) / execution_id
-        try:
-            record = json.loads((run_dir / "execution.json").read_text())
-            definition = json.loads((run_dir / "definition.json").read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            runs = Path(options.runs)
-            known = sorted(p.parent.name for p in runs.glob("*/execution.json")) if runs.is_dir() else []
-            raise ExecutionError(
-                f"--resume {execution_id}: cannot read {run_dir}/execution.json ({error}); "
-                f"executions in {runs}: {', '.join(known) or 'none'}"
-            ) from error
+        definition, record = read_run(options.runs, execution_id)
         for step in record["Steps"]:
-            if step["StepStatus"] != SUCCEEDED and not (step["StepStatus"] == SKIPPED and step.get("Branch")):
+            status = step["StepStatus"]
+            if status != StepStatus.SUCCEEDED and not (status == StepStatus.SKIPPED and step.get("Branch")):
                 step.update(cls._blank_step_fields())
-        record["PipelineExecutionStatus"] = EXECUTING
+        record["PipelineExecutionStatus"] = StepStatus.EXECUTING
         record.pop("FailureReason", None)
         return cls(definition, execution_id, options, record)
 
     @staticmethod
     def _blank_step_fields() -> dict:
         return {
-            "StepStatus": NOT_STARTED,
+            "StepStatus": StepStatus.NOT_STARTED,
             "StartTime": None,
             "EndTime": None,
             "DurationSeconds": None,
@@ -362,7 +366,7 @@ class LocalExecution:
             step = self.steps.get(name)
             if step is None:
                 raise ExpressionError(f"no step named {name!r}")
-            if step["StepStatus"] != SUCCEEDED:
+            if step["StepStatus"] != StepStatus.SUCCEEDED:
                 raise ExpressionError(f"step {name} has no properties (status {step['StepStatus']})")
             return step["Properties"]
 
@@ -481,16 +485,18 @@ class LocalExecution:
                 self.stop_event.set()
                 with self.lock:
                     for step in self.steps.values():
-                        if step["StepStatus"] == EXECUTING:
-                            step.update(StepStatus=STOPPED, FailureReason="the local run was interrupted")
-                    self.record.update(PipelineExecutionStatus=STOPPED, FailureReason="the local run was interrupted")
+                        if step["StepStatus"] == StepStatus.EXECUTING:
+                            step.update(StepStatus=StepStatus.STOPPED, FailureReason="the local run was interrupted")
+                    self.record.update(
+                        PipelineExecutionStatus=StepStatus.STOPPED, FailureReason="the local run was interrupted"
+                    )
                     self.save()
                 raise
         return self.record
 
     def _ready(self, name: str) -> bool:
         node = self.nodes[name]
-        if any(self.steps[dep]["StepStatus"] != SUCCEEDED for dep in node.depends_on):
+        if any(self.steps[dep]["StepStatus"] != StepStatus.SUCCEEDED for dep in node.depends_on):
             return False
         if node.branch:
             outcome = self.steps[node.branch[0]]["Properties"].get("Outcome")
@@ -507,8 +513,9 @@ class LocalExecution:
                 if not failed:
                     for name in self.nodes:
                         step = self.steps[name]
-                        if step["StepStatus"] == NOT_STARTED and name not in running.values() and self._ready(name):
-                            step["StepStatus"] = EXECUTING  # claimed before the worker starts
+                        waiting = step["StepStatus"] == StepStatus.NOT_STARTED and name not in running.values()
+                        if waiting and self._ready(name):
+                            step["StepStatus"] = StepStatus.EXECUTING  # claimed before the worker starts
                             running[pool.submit(self._run_step, name, max(1, cpus // (len(running) + 1)))] = name
                 if not running:
                     break
@@ -516,7 +523,7 @@ class LocalExecution:
                 for future in done:
                     name = running.pop(future)
                     future.result()
-                    if self.steps[name]["StepStatus"] in (FAILED, STOPPED):
+                    if self.steps[name]["StepStatus"] in (StepStatus.FAILED, StepStatus.STOPPED):
                         failed = True
         except BaseException:
             self.stop_event.set()  # running jobs get SIGTERM; then the pool can drain
@@ -530,27 +537,28 @@ class LocalExecution:
         with self.lock:
             for name, node in self.nodes.items():
                 step = self.steps[name]
-                if step["StepStatus"] != NOT_STARTED:
+                if step["StepStatus"] != StepStatus.NOT_STARTED:
                     continue
                 changed.append(name)
-                if node.branch and self.steps[node.branch[0]]["StepStatus"] == SUCCEEDED:
+                if node.branch and self.steps[node.branch[0]]["StepStatus"] == StepStatus.SUCCEEDED:
                     taken = self.steps[node.branch[0]]["Properties"].get("Outcome") == "True"
                     if taken != (node.branch[1] == "IfSteps"):
-                        step.update(StepStatus=SKIPPED, Detail=f"{node.branch[0]} took the other branch")
+                        step.update(StepStatus=StepStatus.SKIPPED, Detail=f"{node.branch[0]} took the other branch")
                         continue
-                blockers = sorted(d for d in node.depends_on if self.steps[d]["StepStatus"] != SUCCEEDED)
+                blockers = sorted(d for d in node.depends_on if self.steps[d]["StepStatus"] != StepStatus.SUCCEEDED)
                 step["Detail"] = f"not started: {', '.join(blockers)} did not succeed" if blockers else "not started"
-            failures = [s for s in self.steps.values() if s["StepStatus"] in (FAILED, STOPPED)]
+            failures = [s for s in self.steps.values() if s["StepStatus"] in (StepStatus.FAILED, StepStatus.STOPPED)]
             if failures:
                 fail_step = next((s for s in failures if s["StepType"] == "Fail"), None)
                 reason = (fail_step or failures[0])["FailureReason"]
-                status = FAILED if any(s["StepStatus"] == FAILED for s in failures) else STOPPED
+                failed = any(s["StepStatus"] == StepStatus.FAILED for s in failures)
+                status = StepStatus.FAILED if failed else StepStatus.STOPPED
                 self.record.update(
                     PipelineExecutionStatus=status,
                     FailureReason=f"Step {(fail_step or failures[0])['StepName']}: {reason}",
                 )
             else:
-                self.record["PipelineExecutionStatus"] = SUCCEEDED
+                self.record["PipelineExecutionStatus"] = StepStatus.SUCCEEDED
             self.record["EndTime"] = _now_iso()
             self.save()
             self._write_summary()
@@ -577,18 +585,21 @@ class LocalExecution:
     def _run_step(self, name: str, threads: int) -> None:
         node = self.nodes[name]
         start = time.time()
-        self.update_step(name, StepStatus=EXECUTING, StartTime=_now_iso(), Detail="starting")
+        self.update_step(name, StepStatus=StepStatus.EXECUTING, StartTime=_now_iso(), Detail="starting")
         try:
-            outcome = self._dispatch(node, threads)
+            outcome = STEP_HANDLERS[node.type](self, node, threads)
         except (JobError, StoreError, ExpressionError, RegistryError, ExecutionError) as error:
-            outcome = {"StepStatus": FAILED, "FailureReason": f"ClientError: {error}"}
+            outcome = StepOutcome(StepStatus.FAILED, failure_reason=f"ClientError: {error}")
         except Exception as error:  # a bug here must not hang the run: record it on the step
-            outcome = {"StepStatus": FAILED, "FailureReason": f"InternalError: {type(error).__name__}: {error}"}
+            outcome = StepOutcome(StepStatus.FAILED, failure_reason=f"InternalError: {type(error).__name__}: {error}")
         end = time.time()
-        outcome.setdefault("Detail", "")
-        self.update_step(name, EndTime=_now_iso(), DurationSeconds=round(end - start, 3), **outcome)
+        self.update_step(name, EndTime=_now_iso(), DurationSeconds=round(end - start, 3), **outcome.record_fields())
         if self.tracking is not None:
             self.tracking.step_finished(dict(self.steps[name]))
+
+    def arguments(self, node: StepNode) -> dict:
+        """The step's ``Arguments`` with every expression resolved against this execution."""
+        return expressions.evaluate(node.spec.get("Arguments", {}), self.context())
 
     def job_context(self, threads: int) -> JobContext:
         return JobContext(
@@ -600,123 +611,14 @@ class LocalExecution:
             environment=self.tracking.job_environment() if self.tracking is not None else {},
         )
 
-    def _job_record(self, result: JobResult, name_key: str, kind: str) -> dict:
-        properties = result.properties
-        return {
-            "JobName": properties.get(name_key),
-            "JobType": kind,
-            "Status": result.status,
-            "Log": os.path.relpath(result.log_path, self.run_dir) if result.log_path else None,
-            "Metrics": result.metrics,
-            "FailureReason": result.failure_reason,
-        }
-
-    def _dispatch(self, node: StepNode, threads: int) -> dict:
-        context = self.context()
-        kind = node.type
-        if kind == "Condition":
-            outcome = expressions.evaluate_conditions(node.spec["Arguments"].get("Conditions", []), context)
-            evaluated = [
-                {"Type": c.get("Type"), "Outcome": expressions.evaluate_condition(c, context)}
-                for c in node.spec["Arguments"].get("Conditions", [])
-            ]
-            return {
-                "StepStatus": SUCCEEDED,
-                "Properties": {"Outcome": str(outcome)},
-                "Metadata": {"Condition": {"Outcome": str(outcome), "Conditions": evaluated}},
-                "Detail": f"Outcome {outcome}",
-            }
-        if kind == "Fail":
-            message = expressions.to_text(
-                expressions.evaluate(node.spec.get("Arguments", {}).get("ErrorMessage", ""), context)
-            )
-            return {"StepStatus": FAILED, "FailureReason": message, "Metadata": {"Fail": {"ErrorMessage": message}}}
-        arguments = expressions.evaluate(node.spec.get("Arguments", {}), context)
-        if kind == "RegisterModel":
-            description = self.registry.create_model_package(arguments)
-            return {
-                "StepStatus": SUCCEEDED,
-                "Properties": description,
-                "Detail": f"{description['ModelPackageArn']} ({description['ModelApprovalStatus']})",
-            }
-        if kind == "Model":
-            model_name = self.job_name(node, arguments, "ModelName")
-            return {
-                "StepStatus": SUCCEEDED,
-                "Properties": {
-                    **arguments,
-                    "ModelName": model_name,
-                    "ModelArn": local_arn(f"model/{model_name}"),
-                },
-            }
-        if kind == "Lambda":
-            from pipeline.local.deploy import run_deploy
-
-            return run_deploy(self, node, arguments)
-
-        key = self.cache_key(node, arguments)
-        cached = self.cache_lookup(node, key)
-        if cached is not None:
-            return {
-                "StepStatus": SUCCEEDED,
-                "Properties": cached["Properties"],
-                "CacheHitResult": {"SourcePipelineExecutionArn": cached["PipelineExecutionArn"]},
-                "Detail": f"cache hit from execution {cached['PipelineExecutionArn'].rsplit('/', 1)[-1]}",
-            }
-        job_context = self.job_context(threads)
-        if kind == "Processing":
-            name = self.job_name(node, arguments, "ProcessingJobName")
-            self.update_step(node.name, Detail=f"job {name}")
-            result = run_processing_job(arguments, name, job_context, stop_event=self.stop_event)
-            jobs = [self._job_record(result, "ProcessingJobName", "ProcessingJob")]
-        elif kind == "Training":
-            name = self.job_name(node, arguments, "TrainingJobName")
-            self.update_step(node.name, Detail=f"job {name}")
-            result = run_training_job(
-                arguments, name, job_context, on_metrics=self._epoch_reporter(node.name), stop_event=self.stop_event
-            )
-            jobs = [self._job_record(result, "TrainingJobName", "TrainingJob")]
-        else:  # Tuning
-            name = self.job_name(node, arguments, "HyperParameterTuningJobName", limit=32)
-            result = run_tuning_job(
-                arguments,
-                name,
-                job_context,
-                state_dir=self.run_dir / "tuning" / node.name,
-                cpus=threads,
-                on_trial=self._trial_reporter(
-                    node.name,
-                    arguments.get("HyperParameterTuningJobConfig", {}).get("ResourceLimits", {}).get(
-                        "MaxNumberOfTrainingJobs"
-                    ),
-                ),
-                stop_event=self.stop_event,
-            )
-            jobs = [
-                {
-                    "JobName": s["TrainingJobName"],
-                    "JobType": "TrainingJob",
-                    "Status": s["TrainingJobStatus"],
-                    "Log": os.path.relpath(s["Log"], self.run_dir) if s.get("Log") else None,
-                    "TunedHyperParameters": s["TunedHyperParameters"],
-                    "ObjectiveValue": s.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value"),
-                    "FailureReason": s.get("FailureReason"),
-                }
-                for s in result.properties.get("TrainingJobSummaries", [])
-            ]
-        if result.status == "Completed":
-            self.cache_save(node, key, result.properties)
-            return {"StepStatus": SUCCEEDED, "Properties": result.properties, "Jobs": jobs}
-        status = STOPPED if result.status == "Stopped" else FAILED
-        return {
-            "StepStatus": status,
-            "Properties": result.properties,
-            "Jobs": jobs,
-            "FailureReason": result.failure_reason,
-        }
+    def job_record(self, name: str, kind: str, status: str, log: str | None, reason: str | None, **extra) -> dict:
+        """One entry of a step record's ``Jobs`` (``kind``: ``ProcessingJob`` or ``TrainingJob``; ``extra``: the
+        job's ``Metrics``, or a tuning trial's ``TunedHyperParameters`` and ``ObjectiveValue``)."""
+        log = os.path.relpath(log, self.run_dir) if log else None
+        return {"JobName": name, "JobType": kind, "Status": status, "Log": log, **extra, "FailureReason": reason}
 
     # -- progress -----------------------------------------------------------------------------------------------
-    def _epoch_reporter(self, step_name: str) -> Callable[[dict[str, float]], None]:
+    def epoch_reporter(self, step_name: str) -> Callable[[dict[str, float]], None]:
         epochs = 0
 
         def report(values: dict[str, float]) -> None:
@@ -728,7 +630,7 @@ class LocalExecution:
 
         return report
 
-    def _trial_reporter(self, step_name: str, total: int | None = None) -> Callable[[str, str, dict], None]:
+    def trial_reporter(self, step_name: str, total: int | None = None) -> Callable[[str, str, dict], None]:
         state: dict[str, str] = {}
         finished: list[str] = []
         epochs: dict[str, int] = {}
@@ -752,3 +654,143 @@ class LocalExecution:
             self.update_step(step_name, Detail=f"{len(finished)} done [{' '.join(finished[-4:])}] {running}".strip())
 
         return report
+
+
+# -- step handlers: one per step type, each returns the step's outcome ---------------------------------------------
+Handler = Callable[[LocalExecution, StepNode, int], StepOutcome]
+#: What a job step runs once its cache missed: ``(execution, node, resolved arguments, job context)`` -> the job's
+#: result and the step record's ``Jobs``.
+JobRunner = Callable[[LocalExecution, StepNode, dict, JobContext], tuple[JobResult, list[dict]]]
+
+
+def _condition(execution: LocalExecution, node: StepNode, threads: int) -> StepOutcome:
+    # each condition is evaluated once; the outcome is their AND (expressions.evaluate_conditions)
+    context = execution.context()
+    evaluated = [
+        {"Type": c.get("Type"), "Outcome": expressions.evaluate_condition(c, context)}
+        for c in node.spec["Arguments"].get("Conditions", [])
+    ]
+    outcome = str(all(c["Outcome"] for c in evaluated))
+    return StepOutcome(
+        StepStatus.SUCCEEDED,
+        {"Outcome": outcome},
+        detail=f"Outcome {outcome}",
+        metadata={"Condition": {"Outcome": outcome, "Conditions": evaluated}},
+    )
+
+
+def _fail(execution: LocalExecution, node: StepNode, threads: int) -> StepOutcome:
+    message = node.spec.get("Arguments", {}).get("ErrorMessage", "")
+    message = expressions.to_text(expressions.evaluate(message, execution.context()))
+    return StepOutcome(StepStatus.FAILED, failure_reason=message, metadata={"Fail": {"ErrorMessage": message}})
+
+
+def _register_model(execution: LocalExecution, node: StepNode, threads: int) -> StepOutcome:
+    description = execution.registry.create_model_package(execution.arguments(node))
+    detail = f"{description['ModelPackageArn']} ({description['ModelApprovalStatus']})"
+    return StepOutcome(StepStatus.SUCCEEDED, description, detail=detail)
+
+
+def _model(execution: LocalExecution, node: StepNode, threads: int) -> StepOutcome:
+    arguments = execution.arguments(node)
+    name = execution.job_name(node, arguments, "ModelName")
+    return StepOutcome(StepStatus.SUCCEEDED, {**arguments, "ModelName": name, "ModelArn": local_arn(f"model/{name}")})
+
+
+def _lambda(execution: LocalExecution, node: StepNode, threads: int) -> StepOutcome:
+    return run_deploy(
+        node.name,
+        node.spec,
+        execution.arguments(node),
+        store=execution.store,
+        jobs_dir=execution.jobs_dir,
+        report=lambda detail: execution.update_step(node.name, Detail=detail),
+    )
+
+
+def _callback(execution: LocalExecution, node: StepNode, threads: int) -> StepOutcome:
+    return answer_callback(node.name, execution.arguments(node))
+
+
+def _job_step(run: JobRunner) -> Handler:
+    """The handler of a step that runs a job: a cache hit, or the job (and a cache entry when it completed)."""
+
+    def handle(execution: LocalExecution, node: StepNode, threads: int) -> StepOutcome:
+        arguments = execution.arguments(node)
+        key = execution.cache_key(node, arguments)
+        cached = execution.cache_lookup(node, key)
+        if cached is not None:
+            source = cached["PipelineExecutionArn"]
+            detail = f"cache hit from execution {source.rsplit('/', 1)[-1]}"
+            return StepOutcome(StepStatus.SUCCEEDED, cached["Properties"], detail=detail, cache_source=source)
+        result, jobs = run(execution, node, arguments, execution.job_context(threads))
+        if result.status == JobStatus.COMPLETED:
+            execution.cache_save(node, key, result.properties)
+            return StepOutcome(StepStatus.SUCCEEDED, result.properties, jobs=jobs)
+        status = StepStatus.STOPPED if result.status == JobStatus.STOPPED else StepStatus.FAILED
+        return StepOutcome(status, result.properties, failure_reason=result.failure_reason, jobs=jobs)
+
+    return handle
+
+
+def _processing_job(execution, node, arguments, context) -> tuple[JobResult, list[dict]]:
+    name = execution.job_name(node, arguments, "ProcessingJobName")
+    execution.update_step(node.name, Detail=f"job {name}")
+    result = run_processing_job(arguments, name, context, stop_event=execution.stop_event)
+    record = execution.job_record(
+        name, "ProcessingJob", result.status, result.log_path, result.failure_reason, Metrics=result.metrics
+    )
+    return result, [record]
+
+
+def _training_job(execution, node, arguments, context) -> tuple[JobResult, list[dict]]:
+    name = execution.job_name(node, arguments, "TrainingJobName")
+    execution.update_step(node.name, Detail=f"job {name}")
+    result = run_training_job(
+        arguments, name, context, on_metrics=execution.epoch_reporter(node.name), stop_event=execution.stop_event
+    )
+    record = execution.job_record(
+        name, "TrainingJob", result.status, result.log_path, result.failure_reason, Metrics=result.metrics
+    )
+    return result, [record]
+
+
+def _tuning_job(execution, node, arguments, context) -> tuple[JobResult, list[dict]]:
+    name = execution.job_name(node, arguments, "HyperParameterTuningJobName", limit=32)
+    limits = arguments.get("HyperParameterTuningJobConfig", {}).get("ResourceLimits", {})
+    result = run_tuning_job(
+        arguments,
+        name,
+        context,
+        state_dir=execution.run_dir / "tuning" / node.name,
+        cpus=context.threads,
+        on_trial=execution.trial_reporter(node.name, limits.get("MaxNumberOfTrainingJobs")),
+        stop_event=execution.stop_event,
+    )
+    trials = [
+        execution.job_record(
+            trial["TrainingJobName"],
+            "TrainingJob",
+            trial["TrainingJobStatus"],
+            trial.get("Log"),
+            trial.get("FailureReason"),
+            TunedHyperParameters=trial["TunedHyperParameters"],
+            ObjectiveValue=trial.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value"),
+        )
+        for trial in result.properties.get("TrainingJobSummaries", [])
+    ]
+    return result, trials
+
+
+#: The handler of each step type (also the step types that run locally).
+STEP_HANDLERS: dict[str, Handler] = {
+    "Processing": _job_step(_processing_job),
+    "Training": _job_step(_training_job),
+    "Tuning": _job_step(_tuning_job),
+    "Condition": _condition,
+    "Fail": _fail,
+    "RegisterModel": _register_model,
+    "Model": _model,
+    "Lambda": _lambda,
+    "Callback": _callback,
+}

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.local.status import local_arn
+from pipeline.local.status import JobStatus, local_arn
 from pipeline.local.store import Store, StoreError, atomic_write_json
 
 CONTAINER_ROOT = "/opt/ml"
@@ -301,7 +301,7 @@ class JobContext:
         return handle
 
     def finish(self, root: Path, status: str) -> None:
-        if status == "Completed" and not self.keep_job_dirs:
+        if status == JobStatus.COMPLETED and not self.keep_job_dirs:
             shutil.rmtree(root, ignore_errors=True)
 
 
@@ -398,11 +398,11 @@ def run_processing_job(
         on_line=context.line_handler(job_name, None),
         stop_event=stop_event,
     )
-    status, reason = "Completed", None
+    status, reason = JobStatus.COMPLETED, None
     if stopped:
-        status, reason = "Stopped", "stopped on request"
+        status, reason = JobStatus.STOPPED, "stopped on request"
     elif returncode != 0:
-        status, reason = "Failed", _failure_reason(Path(command[1]).name, returncode, tail)
+        status, reason = JobStatus.FAILED, _failure_reason(Path(command[1]).name, returncode, tail)
     else:
         for item in outputs:
             context.store.upload_folder(

@@ -18,14 +18,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli import make_console
+from pipeline.local.status import StepStatus
 
 STYLES = {
-    "Succeeded": "green",
-    "Failed": "bold red",
-    "Stopped": "yellow",
-    "Executing": "cyan",
-    "Skipped": "dim",
-    "NotStarted": "dim",
+    StepStatus.SUCCEEDED: "green",
+    StepStatus.FAILED: "bold red",
+    StepStatus.STOPPED: "yellow",
+    StepStatus.EXECUTING: "cyan",
+    StepStatus.SKIPPED: "dim",
+    StepStatus.NOT_STARTED: "dim",
 }
 
 
@@ -43,7 +44,7 @@ class ProgressDisplay:
         self.console = console or make_console()
         self.logs = logs
         self.rows = {
-            name: {"StepStatus": "NotStarted", "StepType": step_types.get(name, ""), "Detail": ""}
+            name: {"StepStatus": StepStatus.NOT_STARTED, "StepType": step_types.get(name, ""), "Detail": ""}
             for name in step_names
         }
         self.started: dict[str, float] = {}
@@ -64,7 +65,7 @@ class ProgressDisplay:
             status = row["StepStatus"]
             if row.get("DurationSeconds") is not None:
                 elapsed = f"{row['DurationSeconds']:.1f}s"
-            elif status == "Executing" and name in self.started:
+            elif status == StepStatus.EXECUTING and name in self.started:
                 elapsed = f"{time.monotonic() - self.started[name]:.0f}s"
             else:
                 elapsed = ""
@@ -82,7 +83,7 @@ class ProgressDisplay:
         with self.lock:
             previous = self.rows.get(step, {}).get("StepStatus")
             self.rows[step] = record
-            if record["StepStatus"] == "Executing" and step not in self.started:
+            if record["StepStatus"] == StepStatus.EXECUTING and step not in self.started:
                 self.started[step] = time.monotonic()
         if self.live is None and record["StepStatus"] != previous:
             duration = f" in {record['DurationSeconds']:.1f}s" if record.get("DurationSeconds") is not None else ""

@@ -5,11 +5,13 @@ and DescribePipelineExecution: Executing, Stopping, Stopped, Failed, Succeeded) 
 ``Skipped`` (a branch not taken, or a step the run was told to skip) and ``NotStarted`` (a step the execution never
 reached). ``JobStatus`` is a training or processing job's status (DescribeTrainingJob: InProgress, Completed,
 Failed, Stopping, Stopped). Both are ``str`` enums: they compare equal to, and serialise as, the plain strings
-that execution records and AWS responses hold.
+that execution records and AWS responses hold. ``StepOutcome`` is how a step's run ended, as its handler (in
+:mod:`pipeline.local.executor`, or :mod:`pipeline.local.deploy` for the deploy Lambda) returns it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import Enum
 
 #: Local mode's region and account: a fixed pair, so that local ARNs have SageMaker's shape and never name a real
@@ -47,6 +49,35 @@ class JobStatus(str, Enum):
     FAILED = "Failed"
     STOPPING = "Stopping"
     STOPPED = "Stopped"
+
+
+@dataclass
+class StepOutcome:
+    """How one step's run ended: the fields it sets on the step's record in execution.json (docs/local-mode.md).
+
+    ``cache_source`` is the ``PipelineExecutionArn`` of the execution whose result a cache hit reused (the record's
+    ``CacheHitResult.SourcePipelineExecutionArn``); ``metadata`` is a Condition's or Fail step's ``Metadata``.
+    """
+
+    status: StepStatus
+    properties: dict = field(default_factory=dict)
+    failure_reason: str | None = None
+    detail: str = ""
+    jobs: list[dict] = field(default_factory=list)
+    cache_source: str | None = None
+    metadata: dict | None = None
+
+    def record_fields(self) -> dict:
+        """The step record's fields, by their execution.json names (``Metadata`` only when there is some)."""
+        fields = {
+            "StepStatus": self.status,
+            "FailureReason": self.failure_reason,
+            "Properties": self.properties,
+            "CacheHitResult": {"SourcePipelineExecutionArn": self.cache_source} if self.cache_source else None,
+            "Jobs": self.jobs,
+            "Detail": self.detail,
+        }
+        return fields | ({"Metadata": self.metadata} if self.metadata is not None else {})
 
 
 def local_arn(resource: str) -> str:

@@ -40,11 +40,12 @@ from imgclf.tracking import (
     PARENT_TAG,
     client_settings,
 )
+from pipeline.local.status import StepStatus
 from pipeline.tracking import local_artifact_uri, local_tracking_uri
 
 REPOSITORY = Path(__file__).resolve().parent.parent.parent
 #: MLflow's terminal run statuses for the pipeline execution statuses.
-RUN_STATUS = {"Succeeded": "FINISHED", "Failed": "FAILED", "Stopped": "KILLED"}
+RUN_STATUS = {StepStatus.SUCCEEDED: "FINISHED", StepStatus.FAILED: "FAILED", StepStatus.STOPPED: "KILLED"}
 BEST_TRIAL_TAG = "pipeline.best_trial"
 EXECUTION_ARN_TAG = "sagemaker.pipeline_execution_arn"
 
@@ -207,7 +208,7 @@ class ExecutionRun:
         self.set_tag(f"pipeline.step.{name}", step["StepStatus"])
         if step.get("CacheHit"):
             self.set_tag(f"pipeline.step.{name}.cache_hit", step["CacheHit"].get("SourcePipelineExecutionArn", ""))
-        if step["StepType"] == "Tuning" and step["StepStatus"] == "Succeeded":
+        if step["StepType"] == "Tuning" and step["StepStatus"] == StepStatus.SUCCEEDED:
             best = (properties.get("BestTrainingJob") or {}).get("TrainingJobName")
             if best:
                 self.set_tag("pipeline.best_training_job", best)

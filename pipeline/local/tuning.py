@@ -45,6 +45,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from pipeline.local.jobs import JobContext, JobError, JobResult, job_arn, run_training_job
+from pipeline.local.status import JobStatus
 
 #: Finished earlier jobs needed before the median stopping rule stops anything (SageMaker documents none; a median
 #: of one job would stop every job worse than the first).
@@ -376,15 +377,15 @@ def _tuning_result(
 
     def rank(summary: dict) -> tuple:
         metric = summary.get("FinalHyperParameterTuningJobObjectiveMetric")
-        ok = summary["TrainingJobStatus"] == "Completed" and metric is not None
+        ok = summary["TrainingJobStatus"] == JobStatus.COMPLETED and metric is not None
         return (0 if ok else 1, sign * metric["Value"] if ok else 0.0, summary["TrainingJobName"])
 
     summaries.sort(key=rank)
     counters = {
         status: sum(1 for s in summaries if s["TrainingJobStatus"] == status)
-        for status in ("Completed", "InProgress", "Stopped")
+        for status in (JobStatus.COMPLETED, JobStatus.IN_PROGRESS, JobStatus.STOPPED)
     }
-    counters["NonRetryableError"] = sum(1 for s in summaries if s["TrainingJobStatus"] == "Failed")
+    counters["NonRetryableError"] = sum(1 for s in summaries if s["TrainingJobStatus"] == JobStatus.FAILED)
     counters["RetryableError"] = 0
     best = summaries[0] if summaries and rank(summaries[0])[0] == 0 else None
     properties = {
@@ -402,14 +403,14 @@ def _tuning_result(
         "TrainingJobSummaries": summaries,
     }
     if stop_event is not None and stop_event.is_set():
-        status, reason = "Stopped", "the tuning job was stopped"
+        status, reason = JobStatus.STOPPED, "the tuning job was stopped"
     elif best is None:
         status, reason = (
-            "Failed",
+            JobStatus.FAILED,
             f"No training job succeeded ({len(summaries)} failed or were stopped); see their logs",
         )
     else:
-        status, reason = "Completed", None
+        status, reason = JobStatus.COMPLETED, None
         properties["BestTrainingJob"] = best
     properties["HyperParameterTuningJobStatus"] = status
     if reason:

@@ -11,7 +11,7 @@ import json
 import boto3
 import pytest
 
-from pipeline import aws
+from pipeline import aws, release
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import UserError
@@ -62,6 +62,16 @@ def test_upsert_creates_then_updates(config):
     assert sm.describe_model_package_group(ModelPackageGroupName=config.model_package_group)
     function = boto3.client("lambda", region_name=REGION).get_function(FunctionName=config.deploy.lambda_function_name)
     assert function["Configuration"]["Handler"] == "deploy_endpoint.handler"
+    # the queue of the endpoint_outcome callback step, at the URL the definition names, triggers the function
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue_url = sqs.get_queue_url(QueueName=release.outcome_queue_name(config))["QueueUrl"]
+    assert queue_url.endswith(release.outcome_queue_url(config).split(".amazonaws.com", 1)[1])
+    queue = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    assert int(queue["VisibilityTimeout"]) == 6 * config.deploy.lambda_timeout_s
+    assert int(queue["MessageRetentionPeriod"]) == 14 * 24 * 3600
+    (mapping,) = boto3.client("lambda", region_name=REGION).list_event_source_mappings(
+        EventSourceArn=queue["QueueArn"])["EventSourceMappings"]
+    assert mapping["FunctionArn"] == first.lambda_function and mapping["BatchSize"] == 1
     s3 = boto3.client("s3", region_name=REGION)
     code_uri = next(uri for uri in first.uploaded if uri.endswith("sourcedir.tar.gz"))
     key = code_uri.split("/", 3)[3]
@@ -69,6 +79,9 @@ def test_upsert_creates_then_updates(config):
 
     second = aws.upsert(config)
     assert not second.created and second.uploaded == []  # same content hash: nothing re-uploaded
+    mappings = boto3.client("lambda", region_name=REGION).list_event_source_mappings(
+        EventSourceArn=queue["QueueArn"])["EventSourceMappings"]
+    assert len(mappings) == 1  # not connected twice
     assert sorted(second.already_there) == sorted(first.uploaded)
 
 
@@ -150,6 +163,8 @@ def test_teardown_is_idempotent(config):
     assert f"model {endpoint}-v1" in deleted
     assert f"schedule {aws.schedule_name(config)}" in deleted
     assert f"pipeline {config.pipeline_name}" in deleted
+    assert f"queue {release.outcome_queue_name(config)}" in deleted
+    assert any(item.startswith("event source mapping ") for item in deleted)
     assert aws.teardown(config, delete_pipeline=True) == []  # second run: nothing left, no error
     assert sm.describe_model_package_group(ModelPackageGroupName=config.model_package_group)  # kept
 

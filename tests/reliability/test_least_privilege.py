@@ -40,7 +40,7 @@ EXECUTION_POLICY = "pipeline-execution-role.json"
 SCHEDULER_POLICY = "scheduler-role.json"
 IAM_PREFIX = {"sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker", "s3": "s3", "lambda": "lambda",
               "scheduler": "scheduler", "iam": "iam", "sts": "sts", "logs": "logs", "events": "events",
-              "sns": "sns", "cloudwatch": "cloudwatch"}
+              "sns": "sns", "cloudwatch": "cloudwatch", "sqs": "sqs"}
 #: S3 operations whose IAM actions have other names. HeadObject: "you must have the s3:GetObject permission", and
 #: "If the object you request doesn't exist ... If you have the s3:ListBucket permission on the bucket, Amazon S3
 #: returns an HTTP status code 404 Not Found error. If you don't have the s3:ListBucket permission, Amazon S3
@@ -72,6 +72,8 @@ STEP_ACTIONS = {
                       "sagemaker:DescribeModelPackageGroup", "sagemaker:AddTags"},
     "Model": {"sagemaker:CreateModel", "iam:PassRole"},
     "Lambda": {"lambda:InvokeFunction"},
+    # "SageMaker Pipelines sends a message to a customer-specified Amazon SQS queue" (Callback step)
+    "Callback": {"sqs:SendMessage"},
     "Condition": set(),
     "Fail": set(),
 }

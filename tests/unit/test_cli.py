@@ -227,6 +227,26 @@ def test_library_log_levels_are_set_by_configure_logging_not_by_imports():
         "s3transfer": logging.INFO, "httpx": logging.NOTSET, "matplotlib": logging.WARNING}  # fmt: skip
 
 
+def test_run_local_runs_a_definition_file_and_resumes_it_in_a_fresh_process(tmp_path):
+    # a fresh interpreter, as `python -m pipeline` is: imgclf is importable only through pipeline's own path setup
+    definition = {"Version": "2020-12-01", "Parameters": [{"Name": "Why", "Type": "String", "DefaultValue": "x"}],
+                  "Steps": [{"Name": "stop", "Type": "Fail", "Arguments": {"ErrorMessage": {"Get": "Parameters.Why"}}}]}
+    (tmp_path / "definition.json").write_text(json.dumps(definition))
+    common = ["--store", str(tmp_path / "store"), "--runs", str(tmp_path / "runs"), "--no-logs", "--cpus", "1"]
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "CI")}
+
+    def run_local(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline", "run-local", *common, *argv], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    first = run_local("--definition", str(tmp_path / "definition.json"), "--param", "Why=because")
+    assert first.returncode == 1, first.stdout + first.stderr
+    execution_id = re.search(r"resume with: python -m pipeline run-local --resume (\w+)", first.stdout).group(1)
+    assert "step stop: Failed" in first.stdout and "reason: Step stop: because" in first.stdout
+    resumed = run_local("--resume", execution_id)  # the same definition and parameters, from runs/<id>
+    assert resumed.returncode == 1 and "reason: Step stop: because" in resumed.stdout, resumed.stdout + resumed.stderr
+
+
 def test_no_font_cache_message_on_a_fresh_machine(tmp_path):
     code = ("from pipeline.cli import configure_logging; configure_logging(False); "
             "import matplotlib.pyplot")  # fmt: skip

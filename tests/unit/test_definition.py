@@ -110,6 +110,7 @@ def test_steps_names_types_and_branches(definition):
     assert [(s["Name"], s["Type"]) for s in gate["IfSteps"]] == [
         ("register-RegisterModel", "RegisterModel"),
         ("deploy", "Lambda"),
+        ("endpoint_outcome", "Callback"),
     ]
     assert [(s["Name"], s["Type"]) for s in gate["ElseSteps"]] == [("quality_gate_failed", "Fail")]
 
@@ -268,6 +269,15 @@ def test_register_and_deploy(definition):
     # The pipeline deploys to staging only; production is reached by `promote` (docs/aws.md).
     assert deploy["Arguments"]["endpoint_name"] == "image-classification-staging"
     assert deploy["Arguments"]["data_capture_uri"].endswith("/image-classification/data-capture")
+    # The Lambda returns at once; the callback step ends with the endpoint's real outcome (steps/deploy.py).
+    assert deploy["Arguments"]["wait_for_outcome"] == "false"
+    outcome = steps["endpoint_outcome"]
+    assert outcome["SqsQueueUrl"] == (
+        "https://sqs.us-east-1.amazonaws.com/111122223333/image-classification-deploy-outcomes")
+    assert {name: gets(value) for name, value in outcome["Arguments"].items()} == {
+        name: [f"Steps.deploy.OutputParameters['{name}']"]
+        for name in ("endpoint_name", "endpoint_config_name", "status", "reason")}
+    assert [o["OutputName"] for o in outcome["OutputParameters"]] == ["status", "reason"]
 
 
 def test_code_bundle_is_in_definition_and_uploads(default_build, definition):

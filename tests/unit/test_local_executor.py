@@ -227,3 +227,42 @@ def test_resume_of_an_unknown_execution_lists_the_known_ones(options):
     execution.run()
     with pytest.raises(ExecutionError, match=execution.id):
         LocalExecution.resume("nope", options)
+
+
+def test_condition_fail_and_model_steps_record_their_outcomes(options):
+    # no job runs: the handlers of the steps that only evaluate expressions, and what each writes on its record
+    threshold = {"Get": "Parameters.Threshold"}
+    definition = {
+        "Version": "2020-12-01",
+        "Parameters": [{"Name": "Threshold", "Type": "Float", "DefaultValue": 0.3}],
+        "Steps": [
+            {"Name": "model", "Type": "Model", "Arguments": {"ExecutionRoleArn": "role", "PrimaryContainer": {}}},
+            {"Name": "gate", "Type": "Condition", "Arguments": {
+                "Conditions": [{"Type": "LessThan", "LeftValue": threshold, "RightValue": 0.5},
+                               {"Type": "Equals", "LeftValue": threshold, "RightValue": 0.9},
+                               {"Type": "GreaterThan", "LeftValue": threshold, "RightValue": 0.1}],
+                "IfSteps": [{"Name": "never", "Type": "Fail", "Arguments": {"ErrorMessage": "not reached"}}],
+                "ElseSteps": [{"Name": "stop", "Type": "Fail", "Arguments": {"ErrorMessage": {"Std:Join": {
+                    "On": " ", "Values": ["threshold", threshold]}}}}]}},
+        ],
+    }  # fmt: skip
+    execution = LocalExecution.start(definition, options)
+    record = execution.run()
+    steps = _steps(record)
+    # every condition is evaluated and listed, also after the first False; the outcome is their AND
+    assert steps["gate"]["Metadata"] == {"Condition": {"Outcome": "False", "Conditions": [
+        {"Type": "LessThan", "Outcome": True}, {"Type": "Equals", "Outcome": False},
+        {"Type": "GreaterThan", "Outcome": True}]}}  # fmt: skip
+    assert (steps["gate"]["StepStatus"], steps["gate"]["Properties"], steps["gate"]["Detail"]) == (
+        "Succeeded", {"Outcome": "False"}, "Outcome False")
+    assert steps["never"]["StepStatus"] == "Skipped" and "Metadata" not in steps["never"]
+    assert (steps["stop"]["StepStatus"], steps["stop"]["FailureReason"], steps["stop"]["Metadata"]) == (
+        "Failed", "threshold 0.3", {"Fail": {"ErrorMessage": "threshold 0.3"}})
+    assert steps["stop"]["Properties"] == {} and steps["stop"]["Jobs"] == []
+    name = f"model-{execution.id}"
+    assert steps["model"]["Properties"] == {"ExecutionRoleArn": "role", "PrimaryContainer": {}, "ModelName": name,
+                                            "ModelArn": f"arn:aws:sagemaker:us-east-1:000000000000:model/{name}"}
+    assert steps["model"]["CacheHitResult"] is None and steps["model"]["Detail"] == ""
+    assert record["PipelineExecutionStatus"] == "Failed" and record["FailureReason"] == "Step stop: threshold 0.3"
+    on_disk = json.loads((execution.run_dir / "execution.json").read_text())
+    assert on_disk["Steps"] == record["Steps"]  # the statuses serialise as SageMaker's plain strings
