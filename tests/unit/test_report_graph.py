@@ -41,7 +41,8 @@ def test_project_graph_shows_the_pipeline_order_without_implied_edges(project_st
     edges = Counter((kind[p], kind[c]) for c, ps in step_edges(project_steps).items() for p in ps)
     assert edges == Counter({("Processing", "Tuning"): 1, ("Tuning", "Training"): 1, ("Training", "Processing"): 2,
                              ("Processing", "Condition"): 2, ("Condition", "RegisterModel"): 1,
-                             ("Condition", "Fail"): 1, ("RegisterModel", "Lambda"): 1})  # fmt: skip
+                             ("Condition", "Fail"): 1, ("RegisterModel", "Lambda"): 1,
+                             ("Lambda", "Callback"): 1})  # fmt: skip
     # the recorded DependsOn holds more (e.g. evaluate on split), which is what made long edges cross
     assert sum(len(s["DependsOn"]) for s in project_steps) > sum(edges.values())
 
