@@ -266,3 +266,17 @@ def test_condition_fail_and_model_steps_record_their_outcomes(options):
     assert record["PipelineExecutionStatus"] == "Failed" and record["FailureReason"] == "Step stop: threshold 0.3"
     on_disk = json.loads((execution.run_dir / "execution.json").read_text())
     assert on_disk["Steps"] == record["Steps"]  # the statuses serialise as SageMaker's plain strings
+
+
+def test_the_endpoint_outcome_callback_answers_as_the_deploy_lambda_does():
+    """Local mode answers the CallbackStep with deploy_endpoint's rule: Unchanged/Skipped/InService succeed with
+    their outputs, RolledBack/Failed fail with the reason, an in-progress status cannot be waited for locally."""
+    from pipeline.local.callback import answer
+
+    done = answer("endpoint_outcome", {"endpoint_name": "e", "status": "Unchanged", "reason": "already serves it"})
+    assert done.status == "Succeeded"
+    assert done.properties == {"OutputParameters": {"status": "Unchanged", "reason": "already serves it"}}
+    rolled_back = answer("endpoint_outcome", {"endpoint_name": "e", "status": "RolledBack", "reason": "5xx alarm"})
+    assert rolled_back.status == "Failed" and rolled_back.failure_reason == "endpoint e RolledBack: 5xx alarm"
+    waiting = answer("endpoint_outcome", {"endpoint_name": "e", "status": "Creating"})
+    assert waiting.status == "Failed" and "'Creating', which local mode cannot wait for" in waiting.failure_reason
