@@ -92,6 +92,7 @@ def _input_uri(definition: dict, parameters: dict[str, str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) one local execution; print its summary; with ``--demo`` run the endpoint demo."""
+    import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
     from imgclf.host import usable_cpus
     from pipeline.local.demo import run_demo
     from pipeline.local.executor import ExecutionError, LocalExecution, RunOptions
