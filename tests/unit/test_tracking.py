@@ -235,3 +235,17 @@ def test_jobs_of_an_aws_execution_nest_under_one_parent_run(aws_env, tmp_path, s
         # one live run per execution: the parallel jobs' duplicates were deleted
         assert len([run for run in runs.values() if "mlflow.parentRunId" not in run.data.tags]) == len(parents)
     assert len(set(parents.values())) == 2
+
+
+def test_a_job_whose_tags_cannot_be_read_logs_unnested_after_one_warning(aws_env, store, capsys):
+    """ListTags refused (here: a job SageMaker does not know): the job says so once and still logs its run."""
+    from imgclf.tracking import JobRun
+
+    arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:training-job/imgclf-train-unknown"
+    run = JobRun.start("TrainingJob", environ={"MLFLOW_TRACKING_URI": store, "MLFLOW_EXPERIMENT_NAME": "untagged",
+                                               "TRAINING_JOB_NAME": "imgclf-train-unknown", "TRAINING_JOB_ARN": arn})
+    run.end()
+    error = capsys.readouterr().err
+    assert error.count("warning") == 1 and f"no parent run for this job (the tags of {arn}" in error, error
+    (logged,) = _job_runs(store, "untagged")
+    assert logged.info.run_id == run.run_id and "mlflow.parentRunId" not in logged.data.tags
