@@ -6,8 +6,8 @@ training or processing job's ``Environment`` ("Default cache key attributes by p
 https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-default-keys.html), so a per-execution value there (a
 parent run id, the execution ARN) would make every tracked step miss the cache on every execution. The parent run
 is therefore found per execution outside the definition: the local executor creates it and hands its id to each
-job's process (``MLFLOW_PARENT_RUN_ID``); in AWS the jobs' runs carry the job name and step, and the parent run is
-found by the execution ARN tag.
+job's process (``MLFLOW_PARENT_RUN_ID``); in AWS each job reads its execution's ARN from its own tags and finds or
+creates the parent run tagged with it (``imgclf.execution_run``).
 """
 
 from __future__ import annotations
@@ -69,5 +69,5 @@ def status_line(config: Config) -> str | None:
     if not config.tracking.enabled:
         return None
     where = config.tracking.mlflow_uri or "nowhere (tracking.mlflow_uri is not set: the AWS jobs log nothing)"
-    return (f"MLflow: experiment {config.experiment_name!r} at {where}; one run per job, named after the job "
-            "(tag sagemaker.job_name)")
+    return (f"MLflow: experiment {config.experiment_name!r} at {where}; one run per execution (tag "
+            "sagemaker.pipeline_execution_arn) with one nested run per job (tag sagemaker.job_name)")

@@ -5,7 +5,8 @@ The job's environment says where to log (docs/tracking.md):
     MLFLOW_TRACKING_URI     the tracking server: a SageMaker MLflow tracking server ARN (needs the sagemaker-mlflow
                             plugin), an http(s) URL, or a database/file store; unset: the job does not track
     MLFLOW_EXPERIMENT_NAME  the experiment (the pipeline's name); unset: the job does not track
-    MLFLOW_PARENT_RUN_ID    the execution's run (optional): this job's run is created as its child
+    MLFLOW_PARENT_RUN_ID    the execution's run (local mode): this job's run is created as its child; in AWS the job
+                            finds its execution's run from its own tags instead (imgclf.execution_run)
     PIPELINE_STEP_NAME      the pipeline step that runs this job (tag ``pipeline.step``)
 
 The first three are MLflow's own environment variables. The pipeline definition carries only static values
@@ -33,6 +34,8 @@ ENV_URI = "MLFLOW_TRACKING_URI"
 ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
 ENV_PARENT = "MLFLOW_PARENT_RUN_ID"
 ENV_STEP = "PIPELINE_STEP_NAME"
+#: Set by SageMaker in a training container (the processing job's ARN is in its config file).
+ENV_JOB_ARN = "TRAINING_JOB_ARN"
 #: MLflow's reserved tags (mlflow.utils.mlflow_tags): a run's parent and its name.
 PARENT_TAG = "mlflow.parentRunId"
 #: The MLflow 3 UI opens an experiment in its model-training view (runs, charts) rather than the GenAI view
@@ -52,22 +55,40 @@ _QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACK
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}  # fmt: skip
 
 
-def job_name(environ: Mapping[str, str] = os.environ, script: str | None = None) -> str:
-    """This job's SageMaker name: ``TRAINING_JOB_NAME`` (training), else ``ProcessingJobName`` from the processing
-    job's ``/opt/ml/config/processingjobconfig.json`` (found relative to the script too, since the code runs from
-    ``/opt/ml/processing/input/code`` and local mode maps ``/opt/ml`` into a job folder), else ``local-<script>``."""
-    if environ.get("TRAINING_JOB_NAME"):
-        return environ["TRAINING_JOB_NAME"]
+def _processing_job_config(script: str | None = None) -> dict:
+    """The processing job's ``/opt/ml/config/processingjobconfig.json`` (found relative to the script too, since the
+    code runs from ``/opt/ml/processing/input/code`` and local mode maps ``/opt/ml`` into a job folder); {} when
+    this is not a processing job."""
     script_path = Path(script or sys.argv[0]).resolve()
     candidates = [Path(PROCESSING_JOB_CONFIG)]
     if len(script_path.parents) > 3:
         candidates.append(script_path.parents[3] / "config" / Path(PROCESSING_JOB_CONFIG).name)
     for candidate in candidates:
         try:
-            return json.loads(candidate.read_text(encoding="utf-8"))["ProcessingJobName"]
-        except (OSError, ValueError, KeyError, TypeError):
+            config = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
-    return f"local-{script_path.stem or 'job'}"
+        if isinstance(config, dict) and config.get("ProcessingJobName"):
+            return config
+    return {}
+
+
+def sagemaker_job_name(environ: Mapping[str, str] = os.environ, script: str | None = None) -> str | None:
+    """This job's SageMaker name: ``TRAINING_JOB_NAME`` (training), else ``ProcessingJobName`` from the processing
+    job's config; None outside a job."""
+    return environ.get("TRAINING_JOB_NAME") or _processing_job_config(script).get("ProcessingJobName")
+
+
+def job_name(environ: Mapping[str, str] = os.environ, script: str | None = None) -> str:
+    """:func:`sagemaker_job_name`, else ``local-<script>``."""
+    return sagemaker_job_name(environ, script) or f"local-{Path(script or sys.argv[0]).stem or 'job'}"
+
+
+def job_arn(environ: Mapping[str, str] = os.environ, script: str | None = None) -> str | None:
+    """This job's ARN as SageMaker gives it to the container: ``TRAINING_JOB_ARN`` (training) or ``ProcessingJobArn``
+    in the processing job's config (where the SageMaker SDK reads them: ``sagemaker/experiments/_environment.py``);
+    None in local mode, which sets neither."""
+    return environ.get(ENV_JOB_ARN) or _processing_job_config(script).get("ProcessingJobArn")
 
 
 def client_settings(uri: str) -> None:
@@ -98,9 +119,13 @@ class JobRun:
 
     @classmethod
     def start(cls, job_type: str, name: str | None = None, environ: Mapping[str, str] = os.environ,
-              tags: Mapping[str, str] | None = None) -> JobRun:
+              tags: Mapping[str, str] | None = None, script: str | None = None) -> JobRun:
         """Start the run of this job (``job_type``: ``TrainingJob`` or ``ProcessingJob``) named ``name`` (default
-        :func:`job_name`). Returns an inactive JobRun, after one warning, when tracking is off or fails."""
+        :func:`job_name`), as a child of its execution's run: ``MLFLOW_PARENT_RUN_ID`` (local mode), else in AWS the
+        run of the pipeline execution that started this job (:mod:`imgclf.execution_run`). A job that already has a
+        run (a training job restarted after a spot interruption keeps its name) goes on logging to it. Returns an
+        inactive JobRun, after one warning, when tracking is off or fails; a parent run that cannot be found costs
+        one warning and the run is not nested."""
         uri, experiment = environ.get(ENV_URI, ""), environ.get(ENV_EXPERIMENT, "")
         if not uri or not experiment:
             return cls()
@@ -112,18 +137,26 @@ class JobRun:
             client = MlflowClient(tracking_uri=uri)
             found = client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else _create_experiment(client, experiment)
-            name = name or job_name(environ)
-            run_tags = {RUN_NAME_TAG: name, JOB_NAME_TAG: name, JOB_TYPE_TAG: job_type, **(tags or {})}
-            if environ.get(ENV_PARENT):
-                run_tags[PARENT_TAG] = environ[ENV_PARENT]
-            if environ.get(ENV_STEP):
-                run_tags[STEP_TAG] = environ[ENV_STEP]
-            created = client.create_run(experiment_id, tags=run_tags, run_name=name)
+            known_name = name or sagemaker_job_name(environ, script)
+            name = known_name or job_name(environ, script)
+            parent = environ.get(ENV_PARENT) or _execution_parent(client, experiment_id, environ, script)
+            previous = _job_run(client, experiment_id, known_name, parent) if known_name else None
+            if previous is not None:
+                client.update_run(previous, status="RUNNING")
+                run_id = previous
+            else:
+                run_tags = {RUN_NAME_TAG: name, JOB_NAME_TAG: name, JOB_TYPE_TAG: job_type, **(tags or {})}
+                if parent:
+                    run_tags[PARENT_TAG] = parent
+                if environ.get(ENV_STEP):
+                    run_tags[STEP_TAG] = environ[ENV_STEP]
+                run_id = client.create_run(experiment_id, tags=run_tags, run_name=name).info.run_id
         except Exception as error:  # noqa: BLE001  (tracking must never fail the job)
             run._off(error)
             return run
-        run.client, run.run_id = client, created.info.run_id
-        print(f"tracking: MLflow run {run.run_id} in experiment {experiment!r}", flush=True)
+        run.client, run.run_id = client, run_id
+        again = " (continued: this job's run from an earlier start)" if previous else ""
+        print(f"tracking: MLflow run {run.run_id} in experiment {experiment!r}{again}", flush=True)
         return run
 
     def _off(self, error: BaseException) -> None:
@@ -176,6 +209,32 @@ class JobRun:
                    metrics=[Metric(key, value, now, step or 0) for key, value in metrics],
                    params=[Param(key, value) for key, value in params],
                    tags=[RunTag(key, value) for key, value in tags])  # fmt: skip
+
+
+def _execution_parent(client: Any, experiment_id: str, environ: Mapping[str, str], script: str | None) -> str | None:
+    """In AWS: the parent run of the pipeline execution that started this job (found or created); None in local
+    mode (no job ARN), for a job outside a pipeline, or after one warning when the job's tags cannot be read."""
+    arn = job_arn(environ, script)
+    if not arn:
+        return None
+    from imgclf import execution_run
+
+    try:
+        execution = execution_run.pipeline_execution_arn(arn)
+    except Exception as error:  # noqa: BLE001  (botocore's errors: no credentials, access denied)
+        print(f"warning: experiment tracking: no parent run for this job (the tags of {arn} could not be read): "
+              f"{type(error).__name__}: {str(error)[:300]}", file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    return execution_run.find_or_create(client, experiment_id, execution) if execution else None
+
+
+def _job_run(client: Any, experiment_id: str, name: str, parent: str | None) -> str | None:
+    """The run an earlier start of job ``name`` (under ``parent``) created, or None. SageMaker job names are unique
+    per account and Region, so a run with the name is this job's."""
+    query = f"tags.`{JOB_NAME_TAG}` = '{name}'" + (f" and tags.`{PARENT_TAG}` = '{parent}'" if parent else "")
+    found = client.search_runs([experiment_id], filter_string=query, max_results=1,
+                               order_by=["attributes.start_time ASC"])  # fmt: skip
+    return found[0].info.run_id if found else None
 
 
 def _create_experiment(client: Any, name: str) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
+from imgclf.execution_run import EXECUTION_ARN_TAG, EXECUTION_ID_TAG, PIPELINE_NAME_TAG
 from imgclf.tracking import (
     ENV_EXPERIMENT,
     ENV_PARENT,
@@ -47,7 +48,6 @@ REPOSITORY = Path(__file__).resolve().parent.parent.parent
 #: MLflow's terminal run statuses for the pipeline execution statuses.
 RUN_STATUS = {StepStatus.SUCCEEDED: "FINISHED", StepStatus.FAILED: "FAILED", StepStatus.STOPPED: "KILLED"}
 BEST_TRIAL_TAG = "pipeline.best_trial"
-EXECUTION_ARN_TAG = "sagemaker.pipeline_execution_arn"
 
 
 def tracking_settings(definition: dict) -> tuple[str, str | None] | None:
@@ -146,8 +146,8 @@ class ExecutionRun:
         record = execution.record
         tags = {
             EXECUTION_ARN_TAG: record["PipelineExecutionArn"],
-            "sagemaker.pipeline_execution_id": execution.id,
-            "sagemaker.pipeline_name": execution.pipeline_name,
+            EXECUTION_ID_TAG: execution.id,
+            PIPELINE_NAME_TAG: execution.pipeline_name,
             "pipeline.definition_sha256": hashlib.sha256(definition).hexdigest(),
             "pipeline.local": "true",
         }

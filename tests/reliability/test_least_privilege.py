@@ -34,9 +34,11 @@ from tests.conftest import ROOT
 IAM = ROOT / "docs" / "iam"
 #: Which identity makes the calls of each scanned file (docs/aws.md, step 2).
 DEPLOY_FUNCTION = "entrypoints/deploy_endpoint.py"
-POLICY_OF_FILE = {DEPLOY_FUNCTION: "deploy-lambda-role.json"}
+#: The jobs run as the pipeline execution role; this module reads a job's tags to find its execution's run.
+JOB_EXECUTION_RUN = "entrypoints/imgclf/execution_run.py"
 OPERATOR_POLICY = "operator-policy.json"
 EXECUTION_POLICY = "pipeline-execution-role.json"
+POLICY_OF_FILE = {DEPLOY_FUNCTION: "deploy-lambda-role.json", JOB_EXECUTION_RUN: EXECUTION_POLICY}
 SCHEDULER_POLICY = "scheduler-role.json"
 IAM_PREFIX = {"sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker", "s3": "s3", "lambda": "lambda",
               "scheduler": "scheduler", "iam": "iam", "sts": "sts", "logs": "logs", "events": "events",
@@ -178,7 +180,7 @@ def scan_file(path: Path) -> tuple[set[str], list[str]]:
 
 def aws_files() -> list[Path]:
     """The modules that talk to AWS: those that import boto3 or pipeline.aws (the offline session excluded)."""
-    files = [ROOT / DEPLOY_FUNCTION]
+    files = [ROOT / DEPLOY_FUNCTION, ROOT / JOB_EXECUTION_RUN]
     for path in sorted((ROOT / "pipeline").rglob("*.py")):
         text = path.read_text(encoding="utf-8")
         if path.name != "session.py" and ("boto3" in text or "from pipeline import aws" in text
@@ -258,7 +260,8 @@ def test_every_aws_call_in_the_code_is_granted_to_its_caller():
     # The scan really sees the calls (a broken scanner would find nothing and pass).
     assert {"sagemaker:CreatePipeline", "s3:PutObject", "s3:ListBucket", "lambda:CreateFunction",
             "scheduler:DeleteSchedule", "sagemaker:ListPipelineExecutionSteps", "lambda:GetFunction",
-            "sagemaker:InvokeEndpoint", "sagemaker:CreateEndpoint"} <= seen
+            "sagemaker:InvokeEndpoint", "sagemaker:CreateEndpoint", "sagemaker:ListTags",
+            "sagemaker:DescribeTrainingJob"} <= seen
 
 
 def test_local_mode_makes_no_aws_call():
@@ -352,24 +355,24 @@ MLFLOW_ACTIONS = {
     "get_experiment_by_name": {"GetExperimentByName"}, "create_experiment": {"CreateExperiment"},
     "create_run": {"CreateRun"}, "log_batch": {"LogBatch"}, "set_terminated": {"UpdateRun"},
     "update_run": {"UpdateRun"}, "log_dict": {"GetRun"}, "log_artifact": {"GetRun"}, "set_tag": {"SetTag"},
-    "search_runs": {"SearchRuns"},
+    "search_runs": {"SearchRuns"}, "delete_run": {"DeleteRun"},
 }
 
 
 def test_tracking_calls_of_the_jobs_are_granted_to_the_execution_role():
-    """Every MlflowClient call in imgclf/tracking.py (the jobs run as the execution role) maps to a granted
-    sagemaker-mlflow action; a new client method fails here until it is mapped and granted."""
-    source = (ROOT / "entrypoints" / "imgclf" / "tracking.py").read_text(encoding="utf-8")
-    tree = ast.parse(source)
+    """Every MlflowClient call in imgclf/tracking.py and imgclf/execution_run.py (the jobs run as the execution
+    role) maps to a granted sagemaker-mlflow action; a new client method fails here until it is mapped and
+    granted."""
     methods = set()
-    for node in ast.walk(tree):
+    for node in (node for name in ("tracking.py", "execution_run.py")
+                 for node in ast.walk(ast.parse((ROOT / "entrypoints" / "imgclf" / name).read_text("utf-8")))):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             receiver = ast.unparse(node.func.value)
             if receiver in ("client", "self.client"):
                 methods.add(node.func.attr)
             elif node.func.attr == "_call" and node.args and isinstance(node.args[0], ast.Constant):
                 methods.add(node.args[0].value)
-    assert {"create_run", "log_batch", "set_terminated"} <= methods, methods
+    assert {"create_run", "log_batch", "set_terminated", "delete_run", "search_runs"} <= methods, methods
     unmapped = methods - set(MLFLOW_ACTIONS)
     assert not unmapped, f"map these MlflowClient methods to IAM actions: {unmapped}"
     needed = {f"sagemaker-mlflow:{action}" for method in methods for action in MLFLOW_ACTIONS[method]}

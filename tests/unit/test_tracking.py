@@ -95,3 +95,157 @@ def test_tracking_ui_serves_the_workspace_store_on_loopback(tmp_path):
     assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert command[command.index("--port") + 1] == "5123"
     assert json.dumps(command)  # plain strings
+
+
+# -- the execution's parent run in AWS, and a restarted job's run ------------------------------------------------
+
+REGION, ACCOUNT = "us-east-1", "123456789012"  # moto's default account
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite tracking store for the module (creating its tables is the slow part); each test has its own
+    experiment."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow').resolve()}/mlflow.db"
+
+
+def _job_runs(uri: str, experiment: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_a_restarted_training_job_goes_on_logging_to_its_run(store):
+    """A spot restart runs the same training job (same TRAINING_JOB_NAME) again: its metrics go to the run the
+    first start created, not to a second run."""
+    from imgclf.tracking import JobRun
+
+    environ = {"MLFLOW_TRACKING_URI": store, "MLFLOW_EXPERIMENT_NAME": "restarted",
+               "TRAINING_JOB_NAME": "imgclf-train-0001", "PIPELINE_STEP_NAME": "train"}  # fmt: skip
+    first = JobRun.start("TrainingJob", environ=environ)
+    first.log_metrics({"validation_accuracy": 0.5}, step=1)
+    first.end("KILLED")  # the spot interruption
+    again = JobRun.start("TrainingJob", environ=environ)
+    again.log_metrics({"validation_accuracy": 0.75}, step=2)
+    again.end()
+    runs = _job_runs(store, "restarted")
+    assert [run.info.run_id for run in runs] == [first.run_id] == [again.run_id]
+    assert runs[0].info.status == "FINISHED"
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(tracking_uri=store).get_metric_history(first.run_id, "validation_accuracy")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.75)]
+    # another job of the same execution still gets a run of its own
+    other = JobRun.start("TrainingJob", environ={**environ, "TRAINING_JOB_NAME": "imgclf-train-0002"})
+    assert other.active and other.run_id != first.run_id
+
+
+def _pipeline_jobs(execution: str, tag_trials: bool) -> dict[str, str]:
+    """Jobs in moto as one execution starts them: two tuning trials, the training job, an evaluation job; every
+    job tagged by SageMaker with its execution (trials: through their tuning job when ``tag_trials`` is False).
+    Returns ``{job name: job ARN}``."""
+    import boto3
+    from moto.backends import get_backend
+
+    sagemaker, iam = boto3.client("sagemaker", region_name=REGION), boto3.client("iam", region_name=REGION)
+    try:
+        role = iam.create_role(RoleName="imgclf-execution", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    except iam.exceptions.EntityAlreadyExistsException:
+        role = f"arn:aws:iam::{ACCOUNT}:role/imgclf-execution"
+    tag = [{"Key": "sagemaker:pipeline-execution-arn", "Value": execution}]
+    suffix = execution.rsplit("/", 1)[1]
+    tuning = f"imgclf-tune-{suffix}"
+    tuning_arn = sagemaker.create_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=tuning, Tags=tag,
+        HyperParameterTuningJobConfig={"Strategy": "Bayesian", "ResourceLimits": {"MaxNumberOfTrainingJobs": 2,
+                                                                                 "MaxParallelTrainingJobs": 2}},
+    )["HyperParameterTuningJobArn"]  # fmt: skip
+    jobs = {}
+    for name, tags in ((f"{tuning}-001-0a1b2c3d", tag if tag_trials else []),
+                       (f"{tuning}-002-4e5f6a7b", tag if tag_trials else []), (f"imgclf-train-{suffix}", tag)):
+        jobs[name] = sagemaker.create_training_job(
+            TrainingJobName=name, RoleArn=role, Tags=tags,
+            AlgorithmSpecification={"TrainingImage": "pytorch", "TrainingInputMode": "File"},
+            OutputDataConfig={"S3OutputPath": "s3://sagemaker-image-classification/models"},
+            ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 30},
+            StoppingCondition={"MaxRuntimeInSeconds": 3600},
+        )["TrainingJobArn"]  # fmt: skip
+        if name.startswith(tuning):
+            # what DescribeTrainingJob says of a trial (moto leaves TuningJobArn out of the jobs it creates)
+            backend = get_backend("sagemaker")[ACCOUNT][REGION]
+            backend.training_jobs[name].tuning_job_arn = tuning_arn
+    name = f"imgclf-evaluate-{suffix}"
+    jobs[name] = sagemaker.create_processing_job(
+        ProcessingJobName=name, RoleArn=role, Tags=tag, AppSpecification={"ImageUri": "pytorch"},
+        ProcessingResources={"ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large",
+                                               "VolumeSizeInGB": 30}},
+    )["ProcessingJobArn"]  # fmt: skip
+    return jobs
+
+
+def _start_jobs(tmp_path, store: str, jobs: dict[str, str]) -> dict[str, str]:
+    """Start every job's run at the same moment (threads behind a barrier, as parallel trials start); the processing
+    job finds its ARN in its processingjobconfig.json like in a container. Returns ``{job name: run id}``."""
+    import threading
+
+    from imgclf.tracking import JobRun
+
+    barrier, started = threading.Barrier(len(jobs)), {}
+
+    def start(name: str, arn: str) -> None:
+        environ, script = {"MLFLOW_TRACKING_URI": store, "MLFLOW_EXPERIMENT_NAME": "image-classification"}, None
+        if ":training-job/" in arn:
+            environ.update(TRAINING_JOB_NAME=name, TRAINING_JOB_ARN=arn, PIPELINE_STEP_NAME="train")
+        else:
+            root = tmp_path / name / "opt" / "ml"
+            (root / "config").mkdir(parents=True)
+            (root / "config" / "processingjobconfig.json").write_text(
+                json.dumps({"ProcessingJobName": name, "ProcessingJobArn": arn}))
+            script = str(root / "processing" / "input" / "code" / "evaluate.py")
+        barrier.wait()
+        run = JobRun.start("TrainingJob" if script is None else "ProcessingJob", environ=environ, script=script)
+        started[name] = run.run_id
+        run.end()
+
+    threads = [threading.Thread(target=start, args=item) for item in jobs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return started
+
+
+def test_jobs_of_an_aws_execution_nest_under_one_parent_run(aws_env, tmp_path, store):
+    """In AWS nothing hands the jobs a parent run: each job reads its execution from its own tags and finds or
+    creates the execution's run. Jobs starting together agree on one parent; the next execution gets its own. The
+    first execution's trials carry the tag themselves, the second's only through their tuning job."""
+    prefix = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:pipeline/image-classification/execution/"
+    parents = {}
+    for execution, tag_trials in ((f"{prefix}a1b2c3d4e5f6", True), (f"{prefix}f6e5d4c3b2a1", False)):
+        jobs = _pipeline_jobs(execution, tag_trials)
+        started = _start_jobs(tmp_path, store, jobs)
+        assert set(started) == set(jobs) and all(started.values()), started
+        runs = {run.info.run_id: run for run in _job_runs(store, "image-classification")}
+        assert {runs[run_id].data.tags["sagemaker.job_name"] for run_id in started.values()} == set(jobs)
+        (parent,) = {runs[run_id].data.tags.get("mlflow.parentRunId") for run_id in started.values()}
+        assert parent in runs and runs[parent].data.tags["sagemaker.pipeline_execution_arn"] == execution
+        assert runs[parent].data.tags["mlflow.runName"] == "image-classification-" + execution.rsplit("/", 1)[1]
+        parents[execution] = parent
+        # one live run per execution: the parallel jobs' duplicates were deleted
+        assert len([run for run in runs.values() if "mlflow.parentRunId" not in run.data.tags]) == len(parents)
+    assert len(set(parents.values())) == 2
+
+
+def test_a_job_whose_tags_cannot_be_read_logs_unnested_after_one_warning(aws_env, store, capsys):
+    """ListTags refused (here: a job SageMaker does not know): the job says so once and still logs its run."""
+    from imgclf.tracking import JobRun
+
+    arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:training-job/imgclf-train-unknown"
+    run = JobRun.start("TrainingJob", environ={"MLFLOW_TRACKING_URI": store, "MLFLOW_EXPERIMENT_NAME": "untagged",
+                                               "TRAINING_JOB_NAME": "imgclf-train-unknown", "TRAINING_JOB_ARN": arn})
+    run.end()
+    error = capsys.readouterr().err
+    assert error.count("warning") == 1 and f"no parent run for this job (the tags of {arn}" in error, error
+    (logged,) = _job_runs(store, "untagged")
+    assert logged.info.run_id == run.run_id and "mlflow.parentRunId" not in logged.data.tags
