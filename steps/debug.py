@@ -26,8 +26,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.schemas import DEBUG_FILE, DEBUG_PROPERTY_FILE
-from steps.context import StepContext
-from steps.split import PROCESSING_ROOT, make_processor
+from steps.context import PROCESSING_ROOT, StepContext, make_processor
 
 STEP_NAME = "debug"
 OUTPUT_NAME = "debug"

@@ -15,8 +15,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.schemas import EVALUATION_FILE, EVALUATION_PROPERTY_FILE
-from steps.context import StepContext
-from steps.split import PROCESSING_ROOT, make_processor
+from steps.context import PROCESSING_ROOT, StepContext, make_processor
 
 STEP_NAME = "evaluate"
 OUTPUT_NAME = "evaluation"

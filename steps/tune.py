@@ -27,8 +27,7 @@ from sagemaker.workflow.steps import ProcessingStep, TuningStep
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
 from pipeline.config import CategoricalRange, Config, ContinuousRange, IntegerRange
-from steps import train
-from steps.context import StepContext
+from steps.context import StepContext, channels, make_estimator
 
 STEP_NAME = "tune"
 
@@ -82,8 +81,8 @@ def build(ctx: StepContext, split: ProcessingStep) -> TuningStep:
     tuning = ctx.config.tuning
     # Trials save no tensors: the debug step judges only the final training job, and the smdebug hook costs
     # about a third of each step's time on small models.
-    estimator = train.make_estimator(ctx, STEP_NAME, instance_count=1, checkpoints=False, distributed=False,
-                                     extra_hyperparameters={"debugger": "false"})
+    estimator = make_estimator(ctx, STEP_NAME, instance_count=1, checkpoints=False, distributed=False,
+                               extra_hyperparameters={"debugger": "false"})
     strategy_config = None
     resources = hyperband_resources(ctx.config) if tuning.strategy == "Hyperband" else None
     if resources:
@@ -103,5 +102,5 @@ def build(ctx: StepContext, split: ProcessingStep) -> TuningStep:
         base_tuning_job_name=ctx.job_name(STEP_NAME),
         tags=ctx.tags,
     )
-    step_args = tuner.fit(inputs=train.channels(split, ctx.config.training.weights_uri))
+    step_args = tuner.fit(inputs=channels(split, ctx.config.training.weights_uri))
     return DeterministicTuningStep(name=STEP_NAME, step_args=step_args, cache_config=ctx.cache)
