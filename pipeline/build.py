@@ -71,18 +71,18 @@ def get_pipeline(config: Config, session: OfflinePipelineSession) -> Pipeline:
     split_step = split.build(ctx)
     tune_step = tune.build(ctx, split_step)
     train_step = train.build(ctx, split_step, tune_step)
-    debug_step = debug.build(ctx, train_step)
-    evaluate_step = evaluate.build(ctx, split_step, train_step)
-    register_step = register.build(ctx, train_step, evaluate_step[0])
+    debug_report = debug.build(ctx, train_step)
+    evaluate_report = evaluate.build(ctx, split_step, train_step)
+    register_step = register.build(ctx, train_step, evaluate_report.step)
     if_steps: list[Step | StepCollection] = [register_step]
     if config.deploy.enabled:
         if_steps.append(deploy.build(ctx, register_step))
-    gate_step = gate.build(ctx, evaluate_step, debug_step, if_steps)
+    gate_step = gate.build(ctx, evaluate_report, debug_report, if_steps)
 
     return Pipeline(
         name=config.pipeline_name,
         parameters=ctx.parameters.as_list(),
-        steps=[split_step, tune_step, train_step, debug_step[0], evaluate_step[0], gate_step],
+        steps=[split_step, tune_step, train_step, debug_report.step, evaluate_report.step, gate_step],
         sagemaker_session=session,
         # keep base_job_prefix in job names (SageMaker appends a unique suffix); without it the SDK drops names
         pipeline_definition_config=PipelineDefinitionConfig(use_custom_job_prefix=True),

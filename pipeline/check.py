@@ -212,8 +212,8 @@ def _tuning_findings(config: Config) -> list[Finding]:
             findings.append(Finding("tuning.strategy", "Hyperband needs the number of epochs as its resource, and "
                                     "epochs is neither a whole-number range nor fixed", "add an integer epochs range "
                                     "to tuning.ranges or set training.hyperparameters.epochs", "hyperband-resource"))
-        elif resources[1] > HYPERBAND_MAX_RESOURCE:
-            findings.append(Finding("tuning.ranges.epochs", f"Hyperband's MaxResource {resources[1]} exceeds "
+        elif resources.max_resource > HYPERBAND_MAX_RESOURCE:
+            findings.append(Finding("tuning.ranges.epochs", f"Hyperband's MaxResource {resources.max_resource} exceeds "
                                     f"{HYPERBAND_MAX_RESOURCE}", f"keep epochs at most {HYPERBAND_MAX_RESOURCE}",
                                     "hyperband-resource"))  # fmt: skip
     for name, spec in sorted(tuning.ranges.items()):

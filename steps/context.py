@@ -9,6 +9,7 @@ is a pure function of (context, upstream steps) and the builders agree on paths,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sagemaker import image_uris
 from sagemaker.debugger import (
@@ -26,6 +27,7 @@ from sagemaker.pytorch import PyTorch
 from sagemaker.workflow.execution_variables import ExecutionVariables
 from sagemaker.workflow.functions import Join
 from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
+from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import CacheConfig, ProcessingStep
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
@@ -84,6 +86,14 @@ class Parameters:
             self.accuracy_threshold,
             self.model_approval_status,
         ]
+
+
+class ReportingStep(NamedTuple):
+    """A processing step and the PropertyFile of the JSON report it writes (what the quality gate reads with
+    ``JsonGet``): what :func:`steps.debug.build` and :func:`steps.evaluate.build` return."""
+
+    step: ProcessingStep
+    report: PropertyFile
 
 
 @dataclass(frozen=True)
