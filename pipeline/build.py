@@ -91,23 +91,12 @@ def get_pipeline(config: Config, session: OfflinePipelineSession) -> Pipeline:
     )
 
 
-_BUILDS: dict[tuple[str, str], BuiltPipeline] = {}
-
-
 def build(config: Config) -> BuiltPipeline:
     """Build the pipeline offline and return its definition (sorted keys, indent 2) and the uploads it needs.
 
-    Builds are memoised per (config, code bundle digest) within the process: the result is a pure function of
-    both, and a CLI command or test may ask several times (upsert, then schedule).
+    Every call builds anew (a pure function of ``config`` and ``entrypoints/``; about a second): a caller that
+    needs the result twice keeps it, as :func:`pipeline.aws.upsert` does for its check.
     """
-    key = (config.model_dump_json(), package.bundle(config.s3_uri("code")).sha256)
-    if key not in _BUILDS:
-        _BUILDS[key] = _build(config)
-    built = _BUILDS[key]
-    return BuiltPipeline(definition=built.definition, pipeline=built.pipeline, uploads=dict(built.uploads))
-
-
-def _build(config: Config) -> BuiltPipeline:
     with quiet_sdk():
         session = OfflinePipelineSession(region=config.region, bucket=config.bucket, prefix=config.prefix)
         pipeline = get_pipeline(config, session)
