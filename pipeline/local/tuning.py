@@ -162,7 +162,7 @@ def sampler_and_pruner(
     if strategy == "Random":
         return optuna.samplers.RandomSampler(seed=seed), pruner
     if strategy == "Grid":
-        _grid(space)  # refuses continuous ranges; the combinations are enqueued by run_tuning_job
+        _grid(space)  # refuses continuous ranges; the combinations are enqueued by _open_study
         return optuna.samplers.RandomSampler(seed=seed), pruner
     if strategy == "Hyperband":
         return optuna.samplers.RandomSampler(seed=seed), optuna.pruners.HyperbandPruner(min_resource=1)
@@ -297,7 +297,7 @@ def _open_study(tuning_job_name: str, plan: _TuningPlan, state_dir: Path) -> opt
     """The tuning job's study in ``<state_dir>/optuna.journal``, created or resumed.
 
     A new Grid study gets every combination enqueued. Trials a killed run left running are told FAIL and their
-    numbers added to the study's ``interrupted`` user attribute, so they are not counted and run again.
+    numbers added to the study's :data:`INTERRUPTED` user attribute, so they are not counted and run again.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
