@@ -306,11 +306,11 @@ def upsert(config: Config) -> UpsertResult:
     from pipeline.build import build
     from pipeline.check import check
 
-    findings = check(config)
+    built = build(config)
+    findings = check(config, built.definition)
     if findings:
         raise UserError(f"pipeline check found {len(findings)} problem(s); nothing was sent to AWS:\n"
                         + "\n".join(str(f) for f in findings))
-    built = build(config)
     session = clients(config)
     sm = client(session, "sagemaker")
     with aws_errors(f"uploading the code to s3://{config.bucket}"):

@@ -71,18 +71,18 @@ def get_pipeline(config: Config, session: OfflinePipelineSession) -> Pipeline:
     split_step = split.build(ctx)
     tune_step = tune.build(ctx, split_step)
     train_step = train.build(ctx, split_step, tune_step)
-    debug_step = debug.build(ctx, train_step)
-    evaluate_step = evaluate.build(ctx, split_step, train_step)
-    register_step = register.build(ctx, train_step, evaluate_step[0])
+    debug_report = debug.build(ctx, train_step)
+    evaluate_report = evaluate.build(ctx, split_step, train_step)
+    register_step = register.build(ctx, train_step, evaluate_report.step)
     if_steps: list[Step | StepCollection] = [register_step]
     if config.deploy.enabled:
         if_steps.extend(deploy.build(ctx, register_step))
-    gate_step = gate.build(ctx, evaluate_step, debug_step, if_steps)
+    gate_step = gate.build(ctx, evaluate_report, debug_report, if_steps)
 
     return Pipeline(
         name=config.pipeline_name,
         parameters=ctx.parameters.as_list(),
-        steps=[split_step, tune_step, train_step, debug_step[0], evaluate_step[0], gate_step],
+        steps=[split_step, tune_step, train_step, debug_report.step, evaluate_report.step, gate_step],
         sagemaker_session=session,
         # keep base_job_prefix in job names (SageMaker appends a unique suffix); without it the SDK drops names
         pipeline_definition_config=PipelineDefinitionConfig(use_custom_job_prefix=True),
@@ -91,23 +91,12 @@ def get_pipeline(config: Config, session: OfflinePipelineSession) -> Pipeline:
     )
 
 
-_BUILDS: dict[tuple[str, str], BuiltPipeline] = {}
-
-
 def build(config: Config) -> BuiltPipeline:
     """Build the pipeline offline and return its definition (sorted keys, indent 2) and the uploads it needs.
 
-    Builds are memoised per (config, code bundle digest) within the process: the result is a pure function of
-    both, and a CLI command or test may ask several times (upsert, then schedule).
+    Every call builds anew (a pure function of ``config`` and ``entrypoints/``; about a second): a caller that
+    needs the result twice keeps it, as :func:`pipeline.aws.upsert` does for its check.
     """
-    key = (config.model_dump_json(), package.bundle(config.s3_uri("code")).sha256)
-    if key not in _BUILDS:
-        _BUILDS[key] = _build(config)
-    built = _BUILDS[key]
-    return BuiltPipeline(definition=built.definition, pipeline=built.pipeline, uploads=dict(built.uploads))
-
-
-def _build(config: Config) -> BuiltPipeline:
     with quiet_sdk():
         session = OfflinePipelineSession(region=config.region, bucket=config.bucket, prefix=config.prefix)
         pipeline = get_pipeline(config, session)

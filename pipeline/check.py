@@ -212,8 +212,8 @@ def _tuning_findings(config: Config) -> list[Finding]:
             findings.append(Finding("tuning.strategy", "Hyperband needs the number of epochs as its resource, and "
                                     "epochs is neither a whole-number range nor fixed", "add an integer epochs range "
                                     "to tuning.ranges or set training.hyperparameters.epochs", "hyperband-resource"))
-        elif resources[1] > HYPERBAND_MAX_RESOURCE:
-            findings.append(Finding("tuning.ranges.epochs", f"Hyperband's MaxResource {resources[1]} exceeds "
+        elif resources.max_resource > HYPERBAND_MAX_RESOURCE:
+            findings.append(Finding("tuning.ranges.epochs", f"Hyperband's MaxResource {resources.max_resource} exceeds "
                                     f"{HYPERBAND_MAX_RESOURCE}", f"keep epochs at most {HYPERBAND_MAX_RESOURCE}",
                                     "hyperband-resource"))  # fmt: skip
     for name, spec in sorted(tuning.ranges.items()):
@@ -284,14 +284,16 @@ def config_findings(config: Config, definition: str | None = None) -> list[Findi
     return findings
 
 
-def check(config: Config) -> list[Finding]:
+def check(config: Config, definition: str | None = None) -> list[Finding]:
     """Every finding for ``config``: build the definition offline, then all rules. Empty when AWS would accept it.
 
+    ``definition``: the definition JSON already built for ``config`` (:func:`pipeline.build.build`), so that a
+    caller that also needs the build does it once; built here when None.
     Raises what the build raises (ConfigError, ValueError from the SDK) before any rule runs.
     """
     from pipeline.build import definition_json
 
-    text = definition_json(config)
+    text = definition if definition is not None else definition_json(config)
     definition = json.loads(text)
     return config_findings(config, text) + volume_key_findings(definition) + request_shape_findings(definition)
 

@@ -26,8 +26,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.schemas import DEBUG_FILE, DEBUG_PROPERTY_FILE
-from steps.context import StepContext
-from steps.split import PROCESSING_ROOT, make_processor
+from steps.context import PROCESSING_ROOT, ReportingStep, StepContext, make_processor
 
 STEP_NAME = "debug"
 OUTPUT_NAME = "debug"
@@ -54,7 +53,7 @@ def rule_arguments(ctx: StepContext) -> list[str]:
     return arguments
 
 
-def build(ctx: StepContext, train: TrainingStep) -> tuple[ProcessingStep, PropertyFile]:
+def build(ctx: StepContext, train: TrainingStep) -> ReportingStep:
     """Return the ``debug`` step and its ``DebugReport`` PropertyFile."""
     report = PropertyFile(name=DEBUG_PROPERTY_FILE, output_name=OUTPUT_NAME, path=DEBUG_FILE)
     training_output = Join(
@@ -88,4 +87,4 @@ def build(ctx: StepContext, train: TrainingStep) -> tuple[ProcessingStep, Proper
         kms_key=ctx.config.security.kms_key_id,
     )
     step = ProcessingStep(name=STEP_NAME, step_args=step_args, property_files=[report], cache_config=ctx.cache)
-    return step, report
+    return ReportingStep(step, report)

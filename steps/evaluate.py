@@ -15,8 +15,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.schemas import EVALUATION_FILE, EVALUATION_PROPERTY_FILE
-from steps.context import StepContext
-from steps.split import PROCESSING_ROOT, make_processor
+from steps.context import PROCESSING_ROOT, ReportingStep, StepContext, make_processor
 
 STEP_NAME = "evaluate"
 OUTPUT_NAME = "evaluation"
@@ -25,7 +24,7 @@ TEST_DIR = f"{PROCESSING_ROOT}/test"
 REPORT_DIR = f"{PROCESSING_ROOT}/evaluation"
 
 
-def build(ctx: StepContext, split: ProcessingStep, train: TrainingStep) -> tuple[ProcessingStep, PropertyFile]:
+def build(ctx: StepContext, split: ProcessingStep, train: TrainingStep) -> ReportingStep:
     """Return the ``evaluate`` step and its ``EvaluationReport`` PropertyFile."""
     report = PropertyFile(name=EVALUATION_PROPERTY_FILE, output_name=OUTPUT_NAME, path=EVALUATION_FILE)
     test_uri = split.properties.ProcessingOutputConfig.Outputs["test"].S3Output.S3Uri
@@ -52,4 +51,4 @@ def build(ctx: StepContext, split: ProcessingStep, train: TrainingStep) -> tuple
         kms_key=ctx.config.security.kms_key_id,
     )
     step = ProcessingStep(name=STEP_NAME, step_args=step_args, property_files=[report], cache_config=ctx.cache)
-    return step, report
+    return ReportingStep(step, report)

@@ -14,27 +14,21 @@ from sagemaker.workflow.condition_step import ConditionStep
 from sagemaker.workflow.conditions import ConditionEquals, ConditionGreaterThanOrEqualTo
 from sagemaker.workflow.fail_step import FailStep
 from sagemaker.workflow.functions import Join, JsonGet
-from sagemaker.workflow.properties import PropertyFile
-from sagemaker.workflow.steps import ProcessingStep, Step
+from sagemaker.workflow.steps import Step
 
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.schemas import ACCURACY_JSON_PATH, BLOCKING_ISSUES_JSON_PATH, BLOCKING_REASON_JSON_PATH
-from steps.context import StepContext
+from steps.context import ReportingStep, StepContext
 
 STEP_NAME = "quality_gate"
 FAIL_STEP_NAME = "quality_gate_failed"
 
 
-def build(
-    ctx: StepContext,
-    evaluate: tuple[ProcessingStep, PropertyFile],
-    debug: tuple[ProcessingStep, PropertyFile],
-    if_steps: list[Step],
-) -> ConditionStep:
-    """Return the gate; ``evaluate`` and ``debug`` are (step, PropertyFile) pairs, ``if_steps`` run on a pass."""
-    accuracy = JsonGet(step_name=evaluate[0].name, property_file=evaluate[1], json_path=ACCURACY_JSON_PATH)
-    blocking = JsonGet(step_name=debug[0].name, property_file=debug[1], json_path=BLOCKING_ISSUES_JSON_PATH)
-    reason = JsonGet(step_name=debug[0].name, property_file=debug[1], json_path=BLOCKING_REASON_JSON_PATH)
+def build(ctx: StepContext, evaluate: ReportingStep, debug: ReportingStep, if_steps: list[Step]) -> ConditionStep:
+    """Return the gate over the evaluate and debug steps' reports; ``if_steps`` run on a pass."""
+    accuracy = _json_get(evaluate, ACCURACY_JSON_PATH)
+    blocking = _json_get(debug, BLOCKING_ISSUES_JSON_PATH)
+    reason = _json_get(debug, BLOCKING_REASON_JSON_PATH)
     threshold = ctx.parameters.accuracy_threshold
     blocking_rules = ", ".join(ctx.config.debugger.blocking_rules) or "none"
     fail = FailStep(
@@ -58,3 +52,7 @@ def build(
         if_steps=if_steps,
         else_steps=[fail],
     )
+
+
+def _json_get(source: ReportingStep, json_path: str) -> JsonGet:
+    return JsonGet(step_name=source.step.name, property_file=source.report, json_path=json_path)

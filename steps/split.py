@@ -7,44 +7,13 @@ Outputs (docs/contracts.md): ``train``, ``validation``, ``test`` (ImageFolder tr
 
 from __future__ import annotations
 
-from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput
-from sagemaker.pytorch import PyTorch
+from sagemaker.processing import ProcessingInput, ProcessingOutput
 from sagemaker.workflow.steps import ProcessingStep
 
-from pipeline import tracking
-from pipeline.instances import volume_kms_key
-from steps.context import StepContext
+from steps.context import PROCESSING_ROOT, StepContext, make_processor
 
 STEP_NAME = "split"
-PROCESSING_ROOT = "/opt/ml/processing"
 OUTPUTS = ("train", "validation", "test", "manifest")
-
-
-def make_processor(ctx: StepContext, step: str) -> FrameworkProcessor:
-    """A FrameworkProcessor on the PyTorch image that runs one script of the code bundle (shared by split,
-    debug and evaluate). Instance type: the ``ProcessingInstanceType`` parameter; one instance."""
-    config = ctx.config
-    return FrameworkProcessor(
-        estimator_cls=PyTorch,
-        framework_version=config.framework.version,
-        py_version=config.framework.py_version,
-        image_uri=ctx.processing_image,
-        role=config.role_arn,
-        instance_type=ctx.parameters.processing_instance_type,
-        instance_count=config.instances.processing_count,
-        command=["python3"],
-        volume_size_in_gb=config.instances.volume_size_gb,
-        # no volume key for instance types with instance store: CreateProcessingJob refuses it (pipeline.instances)
-        volume_kms_key=volume_kms_key(config.instances.processing_type, config.security.kms_key_id),
-        output_kms_key=config.security.kms_key_id,
-        max_runtime_in_seconds=config.instances.max_runtime_s,
-        base_job_name=ctx.job_name(step),
-        sagemaker_session=ctx.session,
-        tags=ctx.tags,
-        network_config=ctx.network_config,
-        # Unbuffered output: the job log shows each line as it is printed (local mode streams it too).
-        env={"PYTHONUNBUFFERED": "1", **tracking.job_environment(config, step)},
-    )
 
 
 def build(ctx: StepContext) -> ProcessingStep:

@@ -14,6 +14,8 @@ SageMaker infers MaxResource only from a *static* ``epochs`` hyperparameter and 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from sagemaker.tuner import (
     CategoricalParameter,
     ContinuousParameter,
@@ -27,10 +29,16 @@ from sagemaker.workflow.steps import ProcessingStep, TuningStep
 import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
 from pipeline.config import CategoricalRange, Config, ContinuousRange, IntegerRange
-from steps import train
-from steps.context import StepContext
+from steps.context import StepContext, channels, make_estimator
 
 STEP_NAME = "tune"
+
+
+class HyperbandResources(NamedTuple):
+    """HyperbandStrategyConfig's MinResource and MaxResource, in epochs."""
+
+    min_resource: int
+    max_resource: int
 
 
 class DeterministicTuningStep(TuningStep):
@@ -59,19 +67,19 @@ def parameter_range(spec: ContinuousRange | IntegerRange | CategoricalRange):
     return CategoricalParameter([str(value) for value in spec.values])
 
 
-def hyperband_resources(config: Config) -> tuple[int, int] | None:
-    """``(MinResource, MaxResource)`` in epochs for Hyperband: the ``epochs`` range's bounds (integer range, or the
+def hyperband_resources(config: Config) -> HyperbandResources | None:
+    """MinResource and MaxResource in epochs for Hyperband: the ``epochs`` range's bounds (integer range, or the
     smallest and largest categorical value), or ``(1, epochs)`` for a fixed ``training.hyperparameters.epochs``.
     None when ``epochs`` is neither tuned nor fixed, or not a whole number (``pipeline check`` reports both)."""
     spec = config.tuning.ranges.get("epochs")
     try:
         if isinstance(spec, IntegerRange):
-            return spec.min, spec.max
+            return HyperbandResources(spec.min, spec.max)
         if isinstance(spec, CategoricalRange):
             values = [int(str(value)) for value in spec.values]
-            return min(values), max(values)
+            return HyperbandResources(min(values), max(values))
         if spec is None and "epochs" in config.training.hyperparameters:
-            return 1, int(str(config.training.hyperparameters["epochs"]))
+            return HyperbandResources(1, int(str(config.training.hyperparameters["epochs"])))
     except ValueError:
         return None
     return None
@@ -82,12 +90,14 @@ def build(ctx: StepContext, split: ProcessingStep) -> TuningStep:
     tuning = ctx.config.tuning
     # Trials save no tensors: the debug step judges only the final training job, and the smdebug hook costs
     # about a third of each step's time on small models.
-    estimator = train.make_estimator(ctx, STEP_NAME, instance_count=1, checkpoints=False, distributed=False,
-                                     extra_hyperparameters={"debugger": "false"})
+    estimator = make_estimator(ctx, STEP_NAME, instance_count=1, checkpoints=False, distributed=False,
+                               extra_hyperparameters={"debugger": "false"})
     strategy_config = None
     resources = hyperband_resources(ctx.config) if tuning.strategy == "Hyperband" else None
     if resources:
-        strategy_config = StrategyConfig(HyperbandStrategyConfig(min_resource=resources[0], max_resource=resources[1]))
+        strategy_config = StrategyConfig(
+            HyperbandStrategyConfig(min_resource=resources.min_resource, max_resource=resources.max_resource)
+        )
     tuner = HyperparameterTuner(
         estimator=estimator,
         objective_metric_name=OBJECTIVE_METRIC,
@@ -103,5 +113,5 @@ def build(ctx: StepContext, split: ProcessingStep) -> TuningStep:
         base_tuning_job_name=ctx.job_name(STEP_NAME),
         tags=ctx.tags,
     )
-    step_args = tuner.fit(inputs=train.channels(split, ctx.config.training.weights_uri))
+    step_args = tuner.fit(inputs=channels(split, ctx.config.training.weights_uri))
     return DeterministicTuningStep(name=STEP_NAME, step_args=step_args, cache_config=ctx.cache)

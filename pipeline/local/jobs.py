@@ -250,19 +250,6 @@ def _terminate(process: subprocess.Popen) -> None:
         _kill_group(process, signal.SIGKILL)
 
 
-def _failure_reason(prefix: str, returncode: int, tail: list[str]) -> str:
-    last = next((line.strip() for line in reversed(tail) if line.strip()), "")
-    return f"AlgorithmError: {prefix} exited with code {returncode}" + (f": {last}" if last else "")
-
-
-def _base_env(extra: dict[str, str], threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)  # the job's code folder is its only import root, as in a container
-    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env.update({key: str(value) for key, value in extra.items()})
-    return env
-
-
 def _now() -> float:
     return time.time()
 
@@ -303,6 +290,88 @@ class JobContext:
     def finish(self, root: Path, status: str) -> None:
         if status == JobStatus.COMPLETED and not self.keep_job_dirs:
             shutil.rmtree(root, ignore_errors=True)
+
+
+# -- what processing and training jobs do alike: stage inputs, run the container, end ---------------------------
+def _stage_input(store: Store, uri: str, destination: Path, what: str) -> None:
+    """Copy every object under ``uri`` into ``destination`` (an S3Prefix input in File mode).
+
+    Raises:
+        StoreError: nothing under ``uri``; the message starts with ``what`` (e.g. ``training channel 'train'``).
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    try:
+        store.download(uri, destination)
+    except StoreError as error:
+        raise StoreError(f"{what}: {error}") from error
+
+
+def _container_environment(context: JobContext, job_environment: dict[str, Any]) -> dict[str, str]:
+    """A job process's environment: this process's (without PYTHONPATH: the job's code folder is its only import
+    root, as in a container), unbuffered output, ``context.threads`` CPU threads, then ``context.environment``,
+    then the job's own variables (which win)."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    threads = str(context.threads)
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env.update({key: str(value) for key, value in {**context.environment, **job_environment}.items()})
+    return env
+
+
+@dataclass(frozen=True)
+class _Exit:
+    """How a job's process ended: its JobStatus, the FailureReason (None when it completed) and its last lines."""
+
+    status: JobStatus
+    reason: str | None
+    tail: list[str]
+
+
+def _run_container(
+    context: JobContext,
+    job_name: str,
+    command: list[str],
+    *,
+    kind: str,
+    program: str,
+    cwd: Path,
+    environment: dict[str, Any],
+    on_line: LineCallback | None = None,
+    stop_event: threading.Event | None = None,
+    stop_reason: str = "stopped on request",
+) -> _Exit:
+    """Run a job's ``command`` in ``cwd`` with :func:`_container_environment` (``environment``: the job's own
+    variables); its log starts with ``# <kind> job <name>: <command>``. A non-zero exit is an ``AlgorithmError``
+    naming ``program`` and the last line it printed; a stop (``on_line`` returning True, ``stop_event``) ends
+    ``Stopped`` with ``stop_reason``."""
+    log_path = context.log_path(job_name)
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(f"# {kind} job {job_name}: {' '.join(command)}\n")
+    returncode, stopped, tail = run_process(
+        command,
+        cwd=cwd,
+        env=_container_environment(context, environment),
+        log_path=log_path,
+        on_line=context.line_handler(job_name, on_line),
+        stop_event=stop_event,
+    )
+    if stopped:
+        return _Exit(JobStatus.STOPPED, stop_reason, tail)
+    if returncode != 0:
+        last = next((line.strip() for line in reversed(tail) if line.strip()), "")
+        reason = f"AlgorithmError: {program} exited with code {returncode}" + (f": {last}" if last else "")
+        return _Exit(JobStatus.FAILED, reason, tail)
+    return _Exit(JobStatus.COMPLETED, None, tail)
+
+
+def _job_result(
+    context: JobContext, job_name: str, root: Path, end: _Exit, properties: dict, metrics: dict | None = None
+) -> JobResult:
+    """The JobResult of a job that ran (FailureReason added to ``properties``); its folder goes unless kept."""
+    if end.reason:
+        properties["FailureReason"] = end.reason
+    context.finish(root, end.status)
+    return JobResult(end.status, properties, end.reason, metrics or {}, str(context.log_path(job_name)))
 
 
 # -- processing ------------------------------------------------------------------------------------------------
@@ -359,8 +428,38 @@ def run_processing_job(
         StoreError: an input URI with nothing behind it.
     """
     root = context.job_dir(job_name)
-    log_path = context.log_path(job_name)
     start = _now()
+    _stage_processing_inputs(arguments, root, context.store)
+    outputs = _processing_outputs(arguments, root)
+    _write_processing_config(arguments, job_name, root)
+    command, cwd = _processing_command(arguments, root)
+    end = _run_container(
+        context,
+        job_name,
+        command,
+        kind="processing",
+        program=Path(command[1]).name,
+        cwd=cwd,
+        environment=map_container_paths(arguments.get("Environment") or {}, root),
+        stop_event=stop_event,
+    )
+    if end.status == JobStatus.COMPLETED:
+        for local_path, uri in outputs:
+            context.store.upload_folder(local_path, uri)
+    properties = {
+        **arguments,
+        "ProcessingJobName": job_name,
+        "ProcessingJobArn": job_arn("processing-job", job_name),
+        "ProcessingJobStatus": end.status,
+        "ProcessingStartTime": start,
+        "ProcessingEndTime": _now(),
+        "ExitMessage": "\n".join(end.tail[-5:]),
+    }
+    return _job_result(context, job_name, root, end, properties)
+
+
+def _stage_processing_inputs(arguments: dict, root: Path, store: Store) -> None:
+    """Copy each ``ProcessingInputs[].S3Input`` to its ``LocalPath``. Raises JobError for what runs only on AWS."""
     for item in arguments.get("ProcessingInputs", []):
         s3 = item.get("S3Input")
         if s3 is None:
@@ -369,59 +468,29 @@ def run_processing_job(
             raise JobError(
                 f"ProcessingInput {item.get('InputName')}: only S3Prefix inputs without compression run locally"
             )
-        destination = container_path(s3["LocalPath"], root)
-        destination.mkdir(parents=True, exist_ok=True)
-        try:
-            context.store.download(s3["S3Uri"], destination)
-        except StoreError as error:
-            raise StoreError(f"processing input {item.get('InputName')!r}: {error}") from error
-    outputs = arguments.get("ProcessingOutputConfig", {}).get("Outputs", [])
-    for item in outputs:
-        container_path(item["S3Output"]["LocalPath"], root).mkdir(parents=True, exist_ok=True)
+        _stage_input(
+            store, s3["S3Uri"], container_path(s3["LocalPath"], root), f"processing input {item.get('InputName')!r}"
+        )
+
+
+def _processing_outputs(arguments: dict, root: Path) -> list[tuple[Path, str]]:
+    """``[(local folder, S3Uri)]`` of each ``S3Output``, the folders created empty for the script."""
+    outputs = []
+    for item in arguments.get("ProcessingOutputConfig", {}).get("Outputs", []):
+        local_path = container_path(item["S3Output"]["LocalPath"], root)
+        local_path.mkdir(parents=True, exist_ok=True)
+        outputs.append((local_path, item["S3Output"]["S3Uri"]))
+    return outputs
+
+
+def _write_processing_config(arguments: dict, job_name: str, root: Path) -> None:
+    """``/opt/ml/config/processingjobconfig.json`` (the job's arguments) and ``resourceconfig.json`` (one host)."""
     atomic_write_json(
         container_path("/opt/ml/config/processingjobconfig.json", root), {**arguments, "ProcessingJobName": job_name}
     )
     atomic_write_json(
         container_path("/opt/ml/config/resourceconfig.json", root), {"current_host": HOST, "hosts": [HOST]}
     )
-    command, cwd = _processing_command(arguments, root)
-    env = _base_env(
-        {**context.environment, **map_container_paths(arguments.get("Environment") or {}, root)}, context.threads
-    )
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write(f"# processing job {job_name}: {' '.join(command)}\n")
-    returncode, stopped, tail = run_process(
-        command,
-        cwd=cwd,
-        env=env,
-        log_path=log_path,
-        on_line=context.line_handler(job_name, None),
-        stop_event=stop_event,
-    )
-    status, reason = JobStatus.COMPLETED, None
-    if stopped:
-        status, reason = JobStatus.STOPPED, "stopped on request"
-    elif returncode != 0:
-        status, reason = JobStatus.FAILED, _failure_reason(Path(command[1]).name, returncode, tail)
-    else:
-        for item in outputs:
-            context.store.upload_folder(
-                container_path(item["S3Output"]["LocalPath"], root), item["S3Output"]["S3Uri"]
-            )
-    end = _now()
-    properties = {
-        **arguments,
-        "ProcessingJobName": job_name,
-        "ProcessingJobArn": job_arn("processing-job", job_name),
-        "ProcessingJobStatus": status,
-        "ProcessingStartTime": start,
-        "ProcessingEndTime": end,
-        "ExitMessage": "\n".join(tail[-5:]),
-    }
-    if reason:
-        properties["FailureReason"] = reason
-    context.finish(root, status)
-    return JobResult(status, properties, reason, log_path=str(log_path))
 
 
 # -- training ----------------------------------------------------------------------------------------------------
@@ -483,40 +552,152 @@ def run_training_job(
     HyperParameters, ModelArtifacts.S3ModelArtifacts, FinalMetricDataList, OutputDataConfig, times...).
 
     Raises:
-        JobError: no sagemaker_program / sagemaker_submit_directory, unsupported channel types.
+        JobError: no sagemaker_program / sagemaker_submit_directory, unsupported channel types, a bad
+            MetricDefinitions regex, no OutputDataConfig.S3OutputPath.
         StoreError: a channel or the code archive is missing from the store.
     """
     root = context.job_dir(job_name)
-    log_path = context.log_path(job_name)
     start = _now()
-    raw_hyperparameters = {key: str(value) for key, value in (arguments.get("HyperParameters") or {}).items()}
-    hyperparameters = {key: decode_hyperparameter(value) for key, value in raw_hyperparameters.items()}
-    program = hyperparameters.get("sagemaker_program")
-    submit_directory = hyperparameters.get("sagemaker_submit_directory")
-    if not program or not submit_directory:
-        raise JobError(
-            f"training job {job_name}: hyperparameters sagemaker_program and sagemaker_submit_directory are required "
-            "(local mode runs framework script-mode estimators only)"
+    code = _TrainingCode.of(arguments, job_name)
+    output_path = _training_output_path(arguments, job_name)
+    container = _TrainingContainer.create(root, arguments.get("CheckpointConfig") or {})
+    _stage_code(code, job_name, container.code_dir, context.store)
+    input_config = _stage_channels(arguments, container, context.store)
+    checkpoints = _restore_checkpoints(arguments, container.checkpoint_dir, context.store)
+    debug_hook = arguments.get("DebugHookConfig")
+    _write_training_config(container, code, input_config, debug_hook)
+    metrics = _MetricLog(
+        arguments.get("AlgorithmSpecification", {}).get("MetricDefinitions"), checkpoints, on_metrics
+    )
+    end = _run_container(
+        context,
+        job_name,
+        [sys.executable, code.program, *hyperparameter_arguments(code.hyperparameters)],
+        kind="training",
+        program=code.program,
+        cwd=container.code_dir,
+        environment=_training_environment(
+            arguments, job_name, code, container, input_config, debug_hook, context.threads
+        ),
+        on_line=metrics.on_line,
+        stop_event=stop_event,
+        stop_reason="stopped by the tuning job's early stopping" if on_metrics else "stopped on request",
+    )
+    if checkpoints is not None:
+        checkpoints.upload()
+    model_uri = _collect_training_outputs(end.status, job_name, output_path, container, debug_hook, context.store)
+    finished = _now()
+    properties = {
+        **arguments,
+        "TrainingJobName": job_name,
+        "TrainingJobArn": job_arn("training-job", job_name),
+        "TrainingJobStatus": end.status,
+        "SecondaryStatus": end.status,
+        "HyperParameters": code.raw_hyperparameters,
+        "TrainingStartTime": start,
+        "TrainingEndTime": finished,
+        "TrainingTimeInSeconds": int(round(finished - start)),
+        "BillableTimeInSeconds": int(round(finished - start)),
+        "FinalMetricDataList": metrics.final_metric_data(),
+    }
+    if model_uri is not None:
+        properties["ModelArtifacts"] = {"S3ModelArtifacts": model_uri}
+    return _job_result(context, job_name, root, end, properties, metrics.values)
+
+
+@dataclass(frozen=True)
+class _TrainingCode:
+    """What a training job runs: ``program`` from the code archive ``submit_directory``, with ``hyperparameters``
+    (decoded, ``sagemaker_*`` left out); ``raw_hyperparameters`` are the job's strings as given."""
+
+    program: str
+    submit_directory: str
+    hyperparameters: dict[str, Any]
+    raw_hyperparameters: dict[str, str]
+
+    @classmethod
+    def of(cls, arguments: dict, job_name: str) -> _TrainingCode:
+        """Raises JobError when sagemaker_program or sagemaker_submit_directory (an S3 .tar.gz) is missing."""
+        raw = {key: str(value) for key, value in (arguments.get("HyperParameters") or {}).items()}
+        decoded = {key: decode_hyperparameter(value) for key, value in raw.items()}
+        program, submit_directory = decoded.get("sagemaker_program"), decoded.get("sagemaker_submit_directory")
+        if not program or not submit_directory:
+            raise JobError(
+                f"training job {job_name}: hyperparameters sagemaker_program and sagemaker_submit_directory are "
+                "required (local mode runs framework script-mode estimators only)"
+            )
+        if not str(submit_directory).startswith("s3://") or not str(submit_directory).endswith(".tar.gz"):
+            raise JobError(f"sagemaker_submit_directory {submit_directory!r}: expected the S3 URI of a .tar.gz")
+        user = {key: value for key, value in decoded.items() if not key.startswith("sagemaker_")}
+        return cls(str(program), str(submit_directory), user, raw)
+
+
+def _training_output_path(arguments: dict, job_name: str) -> str:
+    """``OutputDataConfig.S3OutputPath`` without a trailing slash. Raises JobError when there is none."""
+    output_path = (arguments.get("OutputDataConfig") or {}).get("S3OutputPath", "").rstrip("/")
+    if not output_path:
+        raise JobError(f"training job {job_name}: OutputDataConfig.S3OutputPath is required")
+    return output_path
+
+
+@dataclass(frozen=True)
+class _TrainingContainer:
+    """The folders of a training container under ``<job folder>/opt/ml`` (SageMaker training toolkit's layout)."""
+
+    opt_ml: Path
+    checkpoint_dir: Path
+
+    @classmethod
+    def create(cls, root: Path, checkpoint_config: dict) -> _TrainingContainer:
+        """Create code, input config, model, output data and checkpoint folders (CheckpointConfig.LocalPath)."""
+        container = cls(
+            root / "opt" / "ml", container_path(checkpoint_config.get("LocalPath") or "/opt/ml/checkpoints", root)
         )
-    opt_ml = root / "opt" / "ml"
-    code_dir, config_dir = opt_ml / "code", opt_ml / "input" / "config"
-    model_dir, output_data_dir = opt_ml / "model", opt_ml / "output" / "data"
-    for folder in (code_dir, config_dir, model_dir, output_data_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    if not str(submit_directory).startswith("s3://") or not str(submit_directory).endswith(".tar.gz"):
-        raise JobError(f"sagemaker_submit_directory {submit_directory!r}: expected the S3 URI of a .tar.gz")
-    archive = context.store.path(submit_directory)
+        for folder in (container.code_dir, container.config_dir, container.model_dir, container.output_data_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        container.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        return container
+
+    @property
+    def code_dir(self) -> Path:
+        return self.opt_ml / "code"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.opt_ml / "input" / "config"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.opt_ml / "model"
+
+    @property
+    def output_data_dir(self) -> Path:
+        return self.opt_ml / "output" / "data"
+
+    @property
+    def tensors_dir(self) -> Path:
+        return self.opt_ml / "output" / "tensors"
+
+    def channel_dir(self, channel: str) -> Path:
+        return self.opt_ml / "input" / "data" / channel
+
+
+def _stage_code(code: _TrainingCode, job_name: str, code_dir: Path, store: Store) -> None:
+    """Extract the code archive into ``code_dir``. Raises StoreError (no archive) or JobError (no program in it)."""
+    archive = store.path(code.submit_directory)
     if not archive.is_file():
         raise StoreError(
-            f"code archive {submit_directory} is not in the store (expected {archive}); run-local places the packed "
-            "entrypoints/ there before running"
+            f"code archive {code.submit_directory} is not in the store (expected {archive}); run-local places the "
+            "packed entrypoints/ there before running"
         )
     extract_code(archive, code_dir)
-    if not (code_dir / program).is_file():
-        raise JobError(f"training job {job_name}: {program} not found in {submit_directory}")
+    if not (code_dir / code.program).is_file():
+        raise JobError(f"training job {job_name}: {code.program} not found in {code.submit_directory}")
 
-    env: dict[str, str] = {}
-    channels = []
+
+def _stage_channels(arguments: dict, container: _TrainingContainer, store: Store) -> dict[str, dict]:
+    """Copy each ``InputDataConfig`` channel to ``/opt/ml/input/data/<channel>``; returns inputdataconfig.json's
+    content (channel -> its config). Raises JobError for a channel type that runs only on AWS."""
     input_config = {}
     for channel in arguments.get("InputDataConfig", []):
         name = channel["ChannelName"]
@@ -525,134 +706,134 @@ def run_training_job(
             raise JobError(f"channel {name}: only S3Prefix S3DataSource channels run locally")
         if channel.get("CompressionType", "None") != "None" or channel.get("InputMode", "File") != "File":
             raise JobError(f"channel {name}: only File mode channels without compression run locally")
-        destination = opt_ml / "input" / "data" / name
-        destination.mkdir(parents=True, exist_ok=True)
-        try:
-            context.store.download(source["S3Uri"], destination)
-        except StoreError as error:
-            raise StoreError(f"training channel {name!r}: {error}") from error
-        channels.append(name)
-        env[f"SM_CHANNEL_{name.upper().replace('-', '_')}"] = str(destination)
+        _stage_input(store, source["S3Uri"], container.channel_dir(name), f"training channel {name!r}")
         input_config[name] = {
             "TrainingInputMode": "File",
             "S3DistributionType": source.get("S3DataDistributionType", "FullyReplicated"),
             "RecordWrapperType": "None",
         }
+    return input_config
 
-    checkpoint_config = arguments.get("CheckpointConfig") or {}
-    checkpoint_dir = container_path(checkpoint_config.get("LocalPath") or "/opt/ml/checkpoints", root)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints = CheckpointSync(context.store, checkpoint_config["S3Uri"], checkpoint_dir) \
-        if checkpoint_config.get("S3Uri") else None
-    if checkpoints is not None:
-        checkpoints.restore()
 
-    atomic_write_json(config_dir / "hyperparameters.json", raw_hyperparameters)
+def _restore_checkpoints(arguments: dict, checkpoint_dir: Path, store: Store) -> CheckpointSync | None:
+    """The job's CheckpointSync, restored (None without ``CheckpointConfig.S3Uri``)."""
+    uri = (arguments.get("CheckpointConfig") or {}).get("S3Uri")
+    if not uri:
+        return None
+    checkpoints = CheckpointSync(store, uri, checkpoint_dir)
+    checkpoints.restore()
+    return checkpoints
+
+
+def _write_training_config(
+    container: _TrainingContainer, code: _TrainingCode, input_config: dict, debug_hook: dict | None
+) -> None:
+    """``/opt/ml/input/config``: hyperparameters.json (the strings as given), inputdataconfig.json,
+    resourceconfig.json and, with a DebugHookConfig, debughookconfig.json (its LocalPath: the tensors folder)."""
+    config_dir = container.config_dir
+    atomic_write_json(config_dir / "hyperparameters.json", code.raw_hyperparameters)
     atomic_write_json(config_dir / "inputdataconfig.json", input_config)
     atomic_write_json(
         config_dir / "resourceconfig.json", {"current_host": HOST, "hosts": [HOST], "network_interface_name": "eth0"}
     )
-    debug_hook = arguments.get("DebugHookConfig")
-    tensors_dir = opt_ml / "output" / "tensors"
     if debug_hook:
-        tensors_dir.mkdir(parents=True, exist_ok=True)
-        hook_config = {**debug_hook, "LocalPath": str(tensors_dir)}
-        atomic_write_json(config_dir / "debughookconfig.json", hook_config)
-        env["SMDEBUG_CONFIG_FILE_PATH"] = str(config_dir / "debughookconfig.json")
+        container.tensors_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(config_dir / "debughookconfig.json", {**debug_hook, "LocalPath": str(container.tensors_dir)})
 
-    user_hyperparameters = {k: v for k, v in hyperparameters.items() if not k.startswith("sagemaker_")}
+
+def _training_environment(
+    arguments: dict,
+    job_name: str,
+    code: _TrainingCode,
+    container: _TrainingContainer,
+    input_config: dict,
+    debug_hook: dict | None,
+    threads: int,
+) -> dict[str, str]:
+    """The training toolkit's ``SM_*`` variables (module docstring), ``SMDEBUG_CONFIG_FILE_PATH`` with a
+    DebugHookConfig and ``TRAINING_JOB_NAME``, then the definition's ``Environment`` (which wins)."""
+    env = {f"SM_CHANNEL_{name.upper().replace('-', '_')}": str(container.channel_dir(name)) for name in input_config}
+    if debug_hook:
+        env["SMDEBUG_CONFIG_FILE_PATH"] = str(container.config_dir / "debughookconfig.json")
     env.update(
-        SM_MODEL_DIR=str(model_dir),
-        SM_OUTPUT_DATA_DIR=str(output_data_dir),
-        SM_OUTPUT_DIR=str(opt_ml / "output"),
-        SM_INPUT_DIR=str(opt_ml / "input"),
-        SM_INPUT_CONFIG_DIR=str(config_dir),
-        SM_CHECKPOINT_DIR=str(checkpoint_dir),
-        SM_CHANNELS=json.dumps(sorted(channels)),
-        SM_HPS=json.dumps(user_hyperparameters),
+        SM_MODEL_DIR=str(container.model_dir),
+        SM_OUTPUT_DATA_DIR=str(container.output_data_dir),
+        SM_OUTPUT_DIR=str(container.opt_ml / "output"),
+        SM_INPUT_DIR=str(container.opt_ml / "input"),
+        SM_INPUT_CONFIG_DIR=str(container.config_dir),
+        SM_CHECKPOINT_DIR=str(container.checkpoint_dir),
+        SM_CHANNELS=json.dumps(sorted(input_config)),
+        SM_HPS=json.dumps(code.hyperparameters),
         SM_NUM_GPUS="0",
-        SM_NUM_CPUS=str(context.threads),
+        SM_NUM_CPUS=str(threads),
         SM_HOSTS=json.dumps([HOST]),
         SM_CURRENT_HOST=HOST,
-        SM_MODULE_DIR=str(submit_directory),
-        SM_USER_ENTRY_POINT=str(program),
+        SM_MODULE_DIR=code.submit_directory,
+        SM_USER_ENTRY_POINT=code.program,
         SM_LOG_LEVEL="20",
-        SM_USER_ARGS=json.dumps(hyperparameter_arguments(user_hyperparameters)),
+        SM_USER_ARGS=json.dumps(hyperparameter_arguments(code.hyperparameters)),
         TRAINING_JOB_NAME=job_name,
     )
-    for key, value in user_hyperparameters.items():
+    for key, value in code.hyperparameters.items():
         env[f"SM_HP_{key.upper().replace('-', '_')}"] = (
             json.dumps(value) if isinstance(value, (dict, list)) else str(value)
         )
-    env.update({k: str(v) for k, v in (arguments.get("Environment") or {}).items()})
+    env.update({key: str(value) for key, value in (arguments.get("Environment") or {}).items()})
+    return env
 
-    command = [sys.executable, str(program), *hyperparameter_arguments(user_hyperparameters)]
-    compiled = compile_metric_definitions(arguments.get("AlgorithmSpecification", {}).get("MetricDefinitions"))
-    metrics: dict[str, list[float]] = {name: [] for name, _ in compiled}
-    metric_times: dict[str, float] = {}
 
-    def on_line(line: str) -> bool | None:
-        values = parse_metrics(line, compiled)
-        if not values:
+class _MetricLog:
+    """A training job's metrics, parsed from its log lines with its MetricDefinitions: ``values`` (name -> every
+    value, in order) and the time of each metric's last value. After each metric line the checkpoints are
+    uploaded (``train.py`` prints it once the epoch's checkpoint is on disk) and ``on_metrics`` is told."""
+
+    def __init__(
+        self,
+        definitions: list[dict] | None,
+        checkpoints: CheckpointSync | None,
+        on_metrics: Callable[[dict[str, float]], bool | None] | None,
+    ):
+        self.compiled = compile_metric_definitions(definitions)
+        self.checkpoints, self.on_metrics = checkpoints, on_metrics
+        self.values: dict[str, list[float]] = {name: [] for name, _ in self.compiled}
+        self.times: dict[str, float] = {}
+
+    def on_line(self, line: str) -> bool | None:
+        """A :data:`LineCallback`: True when ``on_metrics`` asks to stop the job."""
+        found = parse_metrics(line, self.compiled)
+        if not found:
             return None
-        if checkpoints is not None:
-            checkpoints.upload()
-        for name, value in values.items():
-            metrics[name].append(value)
-            metric_times[name] = _now()
-        return on_metrics(values) if on_metrics is not None else None
+        if self.checkpoints is not None:
+            self.checkpoints.upload()
+        for name, value in found.items():
+            self.values[name].append(value)
+            self.times[name] = _now()
+        return self.on_metrics(found) if self.on_metrics is not None else None
 
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write(f"# training job {job_name}: {' '.join(command)}\n")
-    returncode, stopped, tail = run_process(
-        command,
-        cwd=code_dir,
-        env=_base_env({**context.environment, **env}, context.threads),
-        log_path=log_path,
-        on_line=context.line_handler(job_name, on_line),
-        stop_event=stop_event,
-    )
-    if checkpoints is not None:
-        checkpoints.upload()
-    status, reason = "Completed", None
-    if stopped:
-        status, reason = (
-            "Stopped",
-            "stopped by the tuning job's early stopping" if on_metrics else "stopped on request",
-        )
-    elif returncode != 0:
-        status, reason = "Failed", _failure_reason(program, returncode, tail)
-    output_path = (arguments.get("OutputDataConfig") or {}).get("S3OutputPath", "").rstrip("/")
-    if not output_path:
-        raise JobError(f"training job {job_name}: OutputDataConfig.S3OutputPath is required")
-    model_uri = f"{output_path}/{job_name}/output/model.tar.gz"
-    if status == "Completed":
-        pack_folder(model_dir, context.store, model_uri)
-        pack_folder(output_data_dir, context.store, f"{output_path}/{job_name}/output/output.tar.gz")
-    if debug_hook and debug_hook.get("S3OutputPath") and any(tensors_dir.rglob("*")):
-        target = f"{debug_hook['S3OutputPath'].rstrip('/')}/{job_name}/debug-output"
-        context.store.upload_folder(tensors_dir, target)
-    end = _now()
-    properties = {
-        **arguments,
-        "TrainingJobName": job_name,
-        "TrainingJobArn": job_arn("training-job", job_name),
-        "TrainingJobStatus": status,
-        "SecondaryStatus": status,
-        "HyperParameters": raw_hyperparameters,
-        "TrainingStartTime": start,
-        "TrainingEndTime": end,
-        "TrainingTimeInSeconds": int(round(end - start)),
-        "BillableTimeInSeconds": int(round(end - start)),
-        "FinalMetricDataList": [
-            {"MetricName": name, "Value": values[-1], "Timestamp": metric_times.get(name)}
-            for name, values in metrics.items()
+    def final_metric_data(self) -> list[dict]:
+        """DescribeTrainingJob's FinalMetricDataList: each metric's last value and when it was logged."""
+        return [
+            {"MetricName": name, "Value": values[-1], "Timestamp": self.times.get(name)}
+            for name, values in self.values.items()
             if values
-        ],
-    }
-    if status == "Completed":
-        properties["ModelArtifacts"] = {"S3ModelArtifacts": model_uri}
-    if reason:
-        properties["FailureReason"] = reason
-    context.finish(root, status)
-    return JobResult(status, properties, reason, metrics, str(log_path))
+        ]
+
+
+def _collect_training_outputs(
+    status: JobStatus,
+    job_name: str,
+    output_path: str,
+    container: _TrainingContainer,
+    debug_hook: dict | None,
+    store: Store,
+) -> str | None:
+    """Pack the model and output data of a completed job under ``<output_path>/<job>/output/`` and upload the
+    Debugger tensors (when the hook wrote any); returns the model.tar.gz URI, None unless completed."""
+    model_uri = None
+    if status == JobStatus.COMPLETED:
+        model_uri = f"{output_path}/{job_name}/output/model.tar.gz"
+        pack_folder(container.model_dir, store, model_uri)
+        pack_folder(container.output_data_dir, store, f"{output_path}/{job_name}/output/output.tar.gz")
+    if debug_hook and debug_hook.get("S3OutputPath") and any(container.tensors_dir.rglob("*")):
+        store.upload_folder(container.tensors_dir, f"{debug_hook['S3OutputPath'].rstrip('/')}/{job_name}/debug-output")
+    return model_uri

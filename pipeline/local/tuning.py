@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ from pipeline.local.status import JobStatus
 #: Finished earlier jobs needed before the median stopping rule stops anything (SageMaker documents none; a median
 #: of one job would stop every job worse than the first).
 MEDIAN_STARTUP_TRIALS = 2
+#: The study's user attribute listing the numbers of the trials a killed run left running (not counted).
+INTERRUPTED = "interrupted_trials"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -160,7 +162,7 @@ def sampler_and_pruner(
     if strategy == "Random":
         return optuna.samplers.RandomSampler(seed=seed), pruner
     if strategy == "Grid":
-        _grid(space)  # refuses continuous ranges; the combinations are enqueued by run_tuning_job
+        _grid(space)  # refuses continuous ranges; the combinations are enqueued by _open_study
         return optuna.samplers.RandomSampler(seed=seed), pruner
     if strategy == "Hyperband":
         return optuna.samplers.RandomSampler(seed=seed), optuna.pruners.HyperbandPruner(min_resource=1)
@@ -232,146 +234,210 @@ def run_tuning_job(
     Raises:
         JobError: unsupported configuration (several training job definitions, bad ranges, unknown strategy).
     """
-    config = arguments.get("HyperParameterTuningJobConfig") or {}
-    definition = arguments.get("TrainingJobDefinition")
-    if definition is None:
-        raise JobError(
-            "tuning job: only a single TrainingJobDefinition is supported locally (not TrainingJobDefinitions)"
-        )
-    objective = config.get("HyperParameterTuningJobObjective") or definition.get("TuningObjective") or {}
-    metric_name = objective.get("MetricName")
-    maximize = objective.get("Type", "Maximize") == "Maximize"
-    metric_names = {d.get("Name") for d in definition.get("AlgorithmSpecification", {}).get("MetricDefinitions", [])}
-    if metric_name not in metric_names:
-        raise JobError(f"tuning objective {metric_name!r} has no MetricDefinition (defined: {sorted(metric_names)})")
-    space = distributions(config.get("ParameterRanges") or definition.get("HyperParameterRanges") or {})
-    sampler, pruner = sampler_and_pruner(config, space)
-    limits = config.get("ResourceLimits") or {}
-    max_jobs = int(limits.get("MaxNumberOfTrainingJobs") or 0)
-    if config.get("Strategy") == "Grid":
-        combinations = math.prod(len(values) for values in _grid(space).values())
-        max_jobs = min(max_jobs, combinations) if max_jobs else combinations
-    elif not max_jobs:
-        raise JobError("ResourceLimits.MaxNumberOfTrainingJobs is required unless the strategy is Grid")
-    parallel = max(1, min(int(limits.get("MaxParallelTrainingJobs") or 1), cpus, max_jobs))
-    trial_context = replace(context, threads=max(1, cpus // parallel))
+    plan = _TuningPlan.of(arguments, cpus)
+    study = _open_study(tuning_job_name, plan, state_dir)
+    start = time.time()
+    trials = _Trials(study, plan, tuning_job_name, replace(context, threads=max(1, cpus // plan.parallel)), on_trial)
+    trials.run_all(stop_event)
+    return _tuning_result(arguments, tuning_job_name, study, plan.maximize, start, stop_event)
 
+
+@dataclass(frozen=True)
+class _TuningPlan:
+    """What a ``CreateHyperParameterTuningJob`` request asks for, checked: the trials' ``definition``, the
+    objective, the search ``space`` with its sampler and pruner, ``max_jobs`` trials ``parallel`` at a time."""
+
+    definition: dict
+    metric_name: str
+    maximize: bool
+    space: dict[str, Any]
+    sampler: optuna.samplers.BaseSampler
+    pruner: optuna.pruners.BasePruner
+    grid: dict[str, list] | None
+    max_jobs: int
+    parallel: int
+
+    @classmethod
+    def of(cls, arguments: dict, cpus: int) -> _TuningPlan:
+        """Raises JobError for what local mode does not run (see :func:`run_tuning_job`)."""
+        config = arguments.get("HyperParameterTuningJobConfig") or {}
+        definition = arguments.get("TrainingJobDefinition")
+        if definition is None:
+            raise JobError(
+                "tuning job: only a single TrainingJobDefinition is supported locally (not TrainingJobDefinitions)"
+            )
+        objective = config.get("HyperParameterTuningJobObjective") or definition.get("TuningObjective") or {}
+        metric_name = objective.get("MetricName")
+        definitions = definition.get("AlgorithmSpecification", {}).get("MetricDefinitions", [])
+        metric_names = {d.get("Name") for d in definitions}
+        if metric_name not in metric_names:
+            raise JobError(
+                f"tuning objective {metric_name!r} has no MetricDefinition (defined: {sorted(metric_names)})"
+            )
+        space = distributions(config.get("ParameterRanges") or definition.get("HyperParameterRanges") or {})
+        sampler, pruner = sampler_and_pruner(config, space)
+        grid = _grid(space) if config.get("Strategy") == "Grid" else None
+        limits = config.get("ResourceLimits") or {}
+        max_jobs = int(limits.get("MaxNumberOfTrainingJobs") or 0)
+        if grid is not None:
+            combinations = math.prod(len(values) for values in grid.values())
+            max_jobs = min(max_jobs, combinations) if max_jobs else combinations
+        elif not max_jobs:
+            raise JobError("ResourceLimits.MaxNumberOfTrainingJobs is required unless the strategy is Grid")
+        parallel = max(1, min(int(limits.get("MaxParallelTrainingJobs") or 1), cpus, max_jobs))
+        maximize = objective.get("Type", "Maximize") == "Maximize"
+        return cls(definition, metric_name, maximize, space, sampler, pruner, grid, max_jobs, parallel)
+
+    @property
+    def static_hyperparameters(self) -> dict[str, str]:
+        return {key: str(value) for key, value in (self.definition.get("StaticHyperParameters") or {}).items()}
+
+
+def _open_study(tuning_job_name: str, plan: _TuningPlan, state_dir: Path) -> optuna.Study:
+    """The tuning job's study in ``<state_dir>/optuna.journal``, created or resumed.
+
+    A new Grid study gets every combination enqueued. Trials a killed run left running are told FAIL and their
+    numbers added to the study's :data:`INTERRUPTED` user attribute, so they are not counted and run again.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(state_dir / "optuna.journal")))
     study = optuna.create_study(
         study_name=tuning_job_name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        direction="maximize" if maximize else "minimize",
+        storage=JournalStorage(JournalFileBackend(str(state_dir / "optuna.journal"))),
+        sampler=plan.sampler,
+        pruner=plan.pruner,
+        direction="maximize" if plan.maximize else "minimize",
         load_if_exists=True,
     )
-    if config.get("Strategy") == "Grid" and not study.get_trials(deepcopy=False):
-        grid = _grid(space)
-        for values in itertools.product(*grid.values()):
-            study.enqueue_trial(dict(zip(grid, values, strict=True)))
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # Left running by a killed run: recorded as failed and not counted, so that trial runs again.
-        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    start = time.time()
-    static = {key: str(value) for key, value in (definition.get("StaticHyperParameters") or {}).items()}
-    lock = threading.Lock()
+    if plan.grid is not None and not study.get_trials(deepcopy=False):
+        for values in itertools.product(*plan.grid.values()):
+            study.enqueue_trial(dict(zip(plan.grid, values, strict=True)))
+    left_running = [trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if left_running:
+        study.set_user_attr(INTERRUPTED, sorted(_interrupted(study) | set(left_running)))
+        for number in left_running:
+            study.tell(number, state=TrialState.FAIL)
+    return study
 
-    def counted() -> int:
+
+def _interrupted(study: optuna.Study) -> set[int]:
+    """Numbers of the trials that a killed run left running (see :func:`_open_study`)."""
+    return set(study.user_attrs.get(INTERRUPTED, []))
+
+
+class _Trials:
+    """The trials of one tuning job: each a training job, run ``plan.parallel`` at a time until ``plan.max_jobs``
+    have finished. ``lock`` guards the study (``ask``, ``report``, ``tell``) across the trial threads."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        plan: _TuningPlan,
+        tuning_job_name: str,
+        context: JobContext,
+        on_trial: TrialCallback | None,
+    ):
+        self.study, self.plan, self.tuning_job_name, self.context = study, plan, tuning_job_name, context
+        self.on_trial = on_trial or (lambda name, event, data: None)
+        self.interrupted = _interrupted(study)
+        self.lock = threading.Lock()
+
+    def run_all(self, stop_event: threading.Event | None) -> None:
+        """Start trials while fewer than ``max_jobs`` are finished or running (none once ``stop_event`` is set);
+        wait for the first to finish; repeat until none runs."""
+        running: set[Future] = set()
+        with ThreadPoolExecutor(max_workers=self.plan.parallel, thread_name_prefix="trial") as pool:
+            while True:
+                while len(running) < self.plan.parallel and self.counted() + len(running) < self.plan.max_jobs:
+                    if stop_event is not None and stop_event.is_set():
+                        break
+                    with self.lock:
+                        trial = self.study.ask(self.plan.space)
+                    running.add(pool.submit(self.run, trial, stop_event))
+                if not running:
+                    break
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()  # re-raise bugs in the loop itself
+                running = set(running)
+
+    def counted(self) -> int:
+        """Trials finished (completed, stopped early or failed), those a killed run left not counted."""
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        return sum(
-            1 for t in study.get_trials(deepcopy=False, states=finished) if not t.user_attrs.get("interrupted")
-        )
+        trials = self.study.get_trials(deepcopy=False, states=finished)
+        return sum(1 for trial in trials if trial.number not in self.interrupted)
 
-    def run_trial(trial: optuna.Trial) -> None:
-        name = trial_job_name(tuning_job_name, trial.number)
+    def run(self, trial: optuna.Trial, stop_event: threading.Event | None) -> None:
+        """Run one trial's training job, then record its summary and result in the study."""
+        name = trial_job_name(self.tuning_job_name, trial.number)
         tuned = {key: _as_hyperparameter(value) for key, value in trial.params.items()}
-        if on_trial:
-            on_trial(name, "started", tuned)
-        epochs = 0
+        self.on_trial(name, "started", tuned)
+        result = self._train(trial, name, tuned, stop_event)
+        final_metrics = result.properties.get("FinalMetricDataList", [])
+        final = next((m["Value"] for m in final_metrics if m["MetricName"] == self.plan.metric_name), None)
+        summary = self._summary(name, tuned, result, final)
+        with self.lock:
+            trial.set_user_attr("summary", summary)
+            if result.status == JobStatus.COMPLETED and final is not None:
+                self.study.tell(trial, _objective(final, self.plan.maximize))
+            elif result.status == JobStatus.STOPPED:
+                self.study.tell(trial, state=TrialState.PRUNED)
+            else:
+                self.study.tell(trial, state=TrialState.FAIL)
+        self.on_trial(name, "finished", summary)
+
+    def _train(self, trial: optuna.Trial, name: str, tuned: dict, stop_event: threading.Event | None) -> JobResult:
+        """The trial's training job; its objective is reported to the pruner once per epoch (metric line)."""
+        metric, epochs = self.plan.metric_name, 0
 
         def on_metrics(values: dict[str, float]) -> bool:
             nonlocal epochs
-            if on_trial:
-                on_trial(name, "metrics", values)
-            if metric_name not in values:
+            self.on_trial(name, "metrics", values)
+            if metric not in values:
                 return False
             epochs += 1
-            with lock:
-                trial.report(values[metric_name], epochs)
+            with self.lock:
+                trial.report(values[metric], epochs)
                 return trial.should_prune()
 
+        arguments = _training_arguments(self.plan.definition, {**self.plan.static_hyperparameters, **tuned})
         try:
-            result = run_training_job(
-                _training_arguments(definition, {**static, **tuned}),
-                name,
-                trial_context,
-                on_metrics=on_metrics,
-                stop_event=stop_event,
-            )
+            return run_training_job(arguments, name, self.context, on_metrics=on_metrics, stop_event=stop_event)
         except Exception as error:  # a trial that cannot start fails alone, as on SageMaker
-            result = JobResult("Failed", {"TrainingJobName": name}, f"{type(error).__name__}: {error}")
-        final = next(
-            (m["Value"] for m in result.properties.get("FinalMetricDataList", []) if m["MetricName"] == metric_name),
-            None,
-        )
+            return JobResult(JobStatus.FAILED, {"TrainingJobName": name}, f"{type(error).__name__}: {error}")
+
+    def _summary(self, name: str, tuned: dict, result: JobResult, final: float | None) -> dict:
+        """The trial's TrainingJobSummary (ListTrainingJobsForHyperParameterTuningJob), plus its ``Log``."""
         summary = {
             "TrainingJobName": name,
             "TrainingJobArn": job_arn("training-job", name),
-            "TuningJobName": tuning_job_name,
+            "TuningJobName": self.tuning_job_name,
             "TrainingJobStatus": result.status,
             "TunedHyperParameters": tuned,
             "TrainingStartTime": result.properties.get("TrainingStartTime"),
             "TrainingEndTime": result.properties.get("TrainingEndTime"),
-            "ObjectiveStatus": "Succeeded" if result.status == "Completed" and final is not None else "Failed",
+            # ObjectiveStatus: Succeeded, Pending or Failed (its own vocabulary, not a job status)
+            "ObjectiveStatus": "Succeeded" if result.status == JobStatus.COMPLETED and final is not None else "Failed",
             "Log": result.log_path,
         }
         if final is not None:
             summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
-                "Type": "Maximize" if maximize else "Minimize",
-                "MetricName": metric_name,
+                "Type": "Maximize" if self.plan.maximize else "Minimize",
+                "MetricName": self.plan.metric_name,
                 "Value": final,
             }
         if result.failure_reason:
             summary["FailureReason"] = result.failure_reason
-        with lock:
-            trial.set_user_attr("summary", summary)
-            if result.status == "Completed" and final is not None:
-                study.tell(trial, _objective(final, maximize))
-            elif result.status == "Stopped":
-                study.tell(trial, state=TrialState.PRUNED)
-            else:
-                study.tell(trial, state=TrialState.FAIL)
-        if on_trial:
-            on_trial(name, "finished", summary)
-
-    running: set[Future] = set()
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="trial") as pool:
-        while True:
-            while len(running) < parallel and counted() + len(running) < max_jobs:
-                if stop_event is not None and stop_event.is_set():
-                    break
-                with lock:
-                    trial = study.ask(space)
-                running.add(pool.submit(run_trial, trial))
-            if not running:
-                break
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                future.result()  # re-raise bugs in the loop itself
-            running = set(running)
-
-    return _tuning_result(arguments, tuning_job_name, study, maximize, start, stop_event)
+        return summary
 
 
 def _tuning_result(
     arguments: dict, name: str, study: optuna.Study, maximize: bool, start: float, stop_event: threading.Event | None
 ) -> JobResult:
+    interrupted = _interrupted(study)
     summaries = [
         t.user_attrs["summary"]
         for t in study.get_trials(deepcopy=False)
-        if "summary" in t.user_attrs and not t.user_attrs.get("interrupted")
+        if "summary" in t.user_attrs and t.number not in interrupted
     ]
     sign = -1 if maximize else 1
 
@@ -382,7 +448,7 @@ def _tuning_result(
 
     summaries.sort(key=rank)
     counters = {
-        status: sum(1 for s in summaries if s["TrainingJobStatus"] == status)
+        status.value: sum(1 for s in summaries if s["TrainingJobStatus"] == status)
         for status in (JobStatus.COMPLETED, JobStatus.IN_PROGRESS, JobStatus.STOPPED)
     }
     counters["NonRetryableError"] = sum(1 for s in summaries if s["TrainingJobStatus"] == JobStatus.FAILED)

@@ -42,6 +42,12 @@ def rules(findings) -> set[str]:
 
 
 @pytest.fixture(scope="module")
+def default_steps():
+    """The default config's definition, steps by name."""
+    return built()
+
+
+@pytest.fixture(scope="module")
 def kms_default_types():
     """A KMS key with the default instance types: g4dn training (instance store), m5 processing and endpoint."""
     return built(f"security.kms_key_id={KEY}")
@@ -148,8 +154,8 @@ def test_check_wants_early_stopping_off_with_hyperband():
 # -- defect 4: torch_distributed whatever the count ------------------------------------------------------------
 
 
-def test_training_runs_torch_distributed_for_one_and_two_instances(kms_other_types):
-    one = built()
+def test_training_runs_torch_distributed_for_one_and_two_instances(default_steps, kms_other_types):
+    one = default_steps
     for steps, count in ((one, 1), (kms_other_types, 2)):
         train = steps["train"]["Arguments"]
         assert train["HyperParameters"]["sagemaker_torch_distributed_enabled"] == "true", count
@@ -200,8 +206,8 @@ def test_upload_goes_ahead_when_head_object_answers_403():
 # -- defect 7: GPU inference image, schedule name, ECR account ------------------------------------------------
 
 
-def test_gpu_instance_types_are_registered_with_the_gpu_image(kms_other_types):
-    default = built()["register-RegisterModel"]["Arguments"]
+def test_gpu_instance_types_are_registered_with_the_gpu_image(default_steps, kms_other_types):
+    default = default_steps["register-RegisterModel"]["Arguments"]
     assert default["InferenceSpecification"]["SupportedRealtimeInferenceInstanceTypes"] == ["ml.m5.large"]
     assert "-cpu-" in default["InferenceSpecification"]["Containers"][0]["Image"]
     (gpu,) = default["AdditionalInferenceSpecifications"]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import build as build_module
 from pipeline import package
 from pipeline.build import build, definition_json
 from pipeline.config import load_config
@@ -87,9 +86,7 @@ def gets(node) -> list[str]:
 
 def test_build_is_offline_and_byte_identical(no_network):
     config = load_config()
-    build_module._BUILDS.clear()  # build for real, twice (builds are memoised per process)
     first = definition_json(config)
-    build_module._BUILDS.clear()
     second = definition_json(load_config())
     assert first == second
     assert no_network == []
@@ -298,9 +295,15 @@ def test_code_bundle_is_in_definition_and_uploads(default_build, definition):
     assert {(m.mtime, m.uid, m.gid) for m in members} == {(0, 0, 0)}
 
 
-def test_managed_debugger_adds_rules_with_parameters():
+@pytest.fixture(scope="module")
+def managed_steps():
+    """Steps by name of the definition with SageMaker's managed Debugger (and one rule parameter changed)."""
     config = load_config(overrides=["debugger.managed=true", "debugger.rules.Overfit.patience=3"])
-    train = steps_by_name(json.loads(definition_json(config)))["train"]["Arguments"]
+    return steps_by_name(json.loads(definition_json(config)))
+
+
+def test_managed_debugger_adds_rules_with_parameters(managed_steps):
+    train = managed_steps["train"]["Arguments"]
     rules = {r["RuleConfigurationName"]: r["RuleParameters"] for r in train["DebugRuleConfigurations"]}
     assert sorted(rules) == sorted(DEBUGGER_RULES)
     assert rules["Overfit"]["patience"] == "3"
@@ -312,13 +315,12 @@ def test_managed_debugger_adds_rules_with_parameters():
     assert "DisableProfiler" not in train["ProfilerConfig"] or train["ProfilerConfig"]["DisableProfiler"] is False
 
 
-def test_managed_debugger_debug_step_reads_the_hooks_s3_output():
+def test_managed_debugger_debug_step_reads_the_hooks_s3_output(definition, managed_steps):
     """A managed hook writes to <DebugHookConfig.S3OutputPath>/<job>/debug-output, not into output.tar.gz."""
-    unmanaged = steps_by_name(json.loads(definition_json(load_config())))["debug"]["Arguments"]
+    unmanaged = steps_by_name(definition)["debug"]["Arguments"]
     assert [i["InputName"] for i in unmanaged["ProcessingInputs"]] == ["training-output", "code", "entrypoint"]
     assert "--tensors" not in unmanaged["AppSpecification"]["ContainerArguments"]
-    config = load_config(overrides=["debugger.managed=true"])
-    debug = steps_by_name(json.loads(definition_json(config)))["debug"]["Arguments"]
+    debug = managed_steps["debug"]["Arguments"]
     tensors = next(i for i in debug["ProcessingInputs"] if i["InputName"] == "tensors")
     assert tensors["S3Input"]["LocalPath"] == "/opt/ml/processing/tensors"
     assert tensors["S3Input"]["S3Uri"]["Std:Join"] == {"On": "/", "Values": [
@@ -363,7 +365,7 @@ def test_iam_policies_list_actions_without_wildcards():
             assert all("*" not in action for action in actions), path.name
 
 
-def test_cli_definition_prints_only_json_without_credentials(tmp_path):
+def test_cli_definition_prints_only_json_without_credentials(tmp_path, definition):
     import os
     import subprocess
     import sys
@@ -375,7 +377,7 @@ def test_cli_definition_prints_only_json_without_credentials(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "definition"], cwd=root, env=env, capture_output=True, text=True, check=True
     )
-    assert json.loads(result.stdout) == json.loads(definition_json(load_config()))
+    assert json.loads(result.stdout) == definition
 
 
 #: The SageMaker API request each step type's Arguments are (what SageMaker Pipelines sends for the step).
@@ -436,7 +438,6 @@ def test_mlflow_tracking_uri_of_the_shell_does_not_reach_the_build(monkeypatch):
     (``mlflow.set_tracking_uri`` sets it too): the offline build must neither call AWS nor lose the variable."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     config = load_config(overrides=["security.enable_network_isolation=true", "training.weights=none"])
-    build_module._BUILDS.clear()
     steps = steps_by_name(json.loads(definition_json(config)))
     assert steps["train"]["Arguments"]["EnableNetworkIsolation"] is True
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9"

@@ -278,3 +278,11 @@ def test_code_archive_with_path_traversal_is_refused(tmp_path):
     with pytest.raises(JobError, match="cannot extract"):
         extract_code(archive, tmp_path / "code")
     assert not (tmp_path / "escape.py").exists()
+
+
+def test_training_job_without_an_output_path_is_refused_before_it_runs(context):
+    arguments = _training_arguments()
+    del arguments["OutputDataConfig"]
+    with pytest.raises(JobError, match="OutputDataConfig.S3OutputPath is required"):
+        run_training_job(arguments, "train-job-5", context)
+    assert not (context.jobs_dir / "train-job-5.log").exists()  # the script never started
