@@ -35,17 +35,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sagemaker.workflow.pipeline import Pipeline
-from sagemaker.workflow.pipeline_definition_config import PipelineDefinitionConfig
-from sagemaker.workflow.step_collections import StepCollection
-from sagemaker.workflow.steps import Step
-
+# pipeline.session is the first import of the SDK: it sets the "sagemaker.config" logger first, which otherwise
+# prints INFO lines to stdout when the SDK is imported (a library user of build() never runs the CLI's set-up).
+from pipeline.session import OfflinePipelineSession, quiet_sdk  # isort: skip
 from pipeline import package
 from pipeline.config import Config
-from pipeline.session import OfflinePipelineSession, quiet_sdk
 from steps import debug, deploy, evaluate, gate, register, split, train, tune
 from steps.context import Parameters, StepContext
+
+if TYPE_CHECKING:
+    from sagemaker.workflow.pipeline import Pipeline
+    from sagemaker.workflow.step_collections import StepCollection
+    from sagemaker.workflow.steps import Step
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ def get_pipeline(config: Config, session: OfflinePipelineSession) -> Pipeline:
     ``session`` supplies the SDK session (use :class:`OfflinePipelineSession`; its ``uploads`` fill when the
     definition is generated). Raises ValueError from the SDK when an argument is invalid.
     """
+    from sagemaker.workflow.pipeline import Pipeline
+    from sagemaker.workflow.pipeline_definition_config import PipelineDefinitionConfig
+
     code = package.bundle(config.s3_uri("code"))
     session.uploads.setdefault(code.s3_uri, code.data)
     ctx = StepContext(config=config, session=session, parameters=Parameters.from_config(config), code=code)
