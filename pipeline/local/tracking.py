@@ -40,6 +40,7 @@ from imgclf.tracking import (
     PARENT_TAG,
     client_settings,
 )
+from pipeline.hashing import sha256_of
 from pipeline.tracking import local_artifact_uri, local_tracking_uri
 
 REPOSITORY = Path(__file__).resolve().parent.parent.parent
@@ -152,7 +153,7 @@ class ExecutionRun:
         }
         bundle = _code_bundle_uri(execution.definition)
         if bundle and execution.store.path(bundle).is_file():
-            tags["pipeline.code_bundle_sha256"] = hashlib.sha256(execution.store.path(bundle).read_bytes()).hexdigest()
+            tags["pipeline.code_bundle_sha256"] = sha256_of(execution.store.path(bundle))
         commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
