@@ -13,8 +13,7 @@ model artifacts, ``Skipped`` for a package that is not Approved), ``endpoint_url
 What the deploy step last put on each endpoint is recorded in ``<store>/_deployments/<endpoint name>.json``
 (``ModelDataUrl``, its SHA-256, the package ARN). A package whose ``ModelDataUrl`` and archive SHA-256 equal the
 recorded ones (a scheduled run with no new data: the training step was a cache hit, RegisterModel made a new
-version of the same artifacts) leaves the endpoint untouched: no restart, status ``Unchanged``. Without the
-``serve`` command in this checkout the step is ``Skipped`` with that reason.
+version of the same artifacts) leaves the endpoint untouched: no restart, status ``Unchanged``.
 """
 
 from __future__ import annotations
@@ -23,9 +22,9 @@ import json
 import re
 from typing import TYPE_CHECKING
 
-from pipeline.local.endpoint import EndpointError, LocalEndpoint, server_available
 from pipeline.local.registry import resolve_model_package
 from pipeline.local.store import atomic_write_json
+from pipeline.serving.server import EndpointStartError, start_in_background
 
 if TYPE_CHECKING:
     from pipeline.local.executor import LocalExecution, StepNode
@@ -76,18 +75,6 @@ def run_deploy(execution: LocalExecution, node: StepNode, arguments: dict) -> di
             "Properties": {**base, "OutputParameters": _outputs(node, values), "Reason": reason},
             "Detail": reason,
         }
-    if not server_available():
-        reason = "no local server in this checkout (pipeline/commands/serving.py): the endpoint was not started"
-        return {
-            "StepStatus": "Skipped",
-            "FailureReason": None,
-            "Detail": reason,
-            "Properties": {
-                **base,
-                "OutputParameters": _outputs(node, {**values, "status": "Skipped"}),
-                "Reason": reason,
-            },
-        }
     record_path = execution.store.root / DEPLOYMENTS_FOLDER / f"{re.sub(r'[^a-zA-Z0-9-]', '-', endpoint_name)}.json"
     model_data_url = description["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
     serving = _read_json(record_path)
@@ -99,18 +86,15 @@ def run_deploy(execution: LocalExecution, node: StepNode, arguments: dict) -> di
             "Detail": reason,
             "Properties": {**base, "OutputParameters": _outputs(node, values), "Reason": reason},
         }
-    endpoint = LocalEndpoint(
-        package["model_path"],
-        execution.jobs_dir / f"{endpoint_name}-endpoint.log",
-        sha256=package["sha256"],
-        model_version=arn,
-    )
+    endpoint = start_in_background(package["model_path"], sha256=package["sha256"], model_version=arn,
+                                   log_path=execution.jobs_dir / f"{endpoint_name}-endpoint.log", wait=False)
     execution.update_step(node.name, Detail=f"starting endpoint {endpoint_name} on {endpoint.url}")
     try:
         with endpoint:
+            endpoint.wait_until_healthy()
             values.update(status="InService", endpoint_url=endpoint.url)
-    except EndpointError as error:
-        return {"StepStatus": "Failed", "FailureReason": f"endpoint {endpoint_name}: {error}"}
+    except EndpointStartError as error:
+        return {"StepStatus": "Failed", "FailureReason": f"endpoint {endpoint_name}: {str(error).splitlines()[0]}"}
     atomic_write_json(record_path, {"EndpointName": endpoint_name, "ModelPackageArn": arn,
                                     "ModelDataUrl": model_data_url, "ModelDataSha256": package["sha256"]})  # fmt: skip
     serve = f"python -m pipeline serve --model {arn} --store {execution.store.root}"
