@@ -11,6 +11,7 @@ One module-scoped run is shared by the assertions (the suite must stay short on 
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime
 from pathlib import Path
@@ -168,6 +169,26 @@ def test_registry_holds_the_approved_package_and_the_endpoint_answers(local_run)
         )
     assert response.status_code == 200, response.text
     assert "3_three" in response.text or any(f"{d}_" in response.text for d in range(10))
+
+
+def test_demo_serves_the_approved_package_and_records_its_answers(local_run):
+    """``run-local --demo`` on the resumed execution: the newest Approved package answers every test image sent,
+    ``endpoint.json`` records the answers and the report is written beside them."""
+    from rich.console import Console
+
+    from pipeline.local.demo import run_demo
+
+    _, record = local_run["resumed"]
+    run_dir = local_run["runs"] / record["PipelineExecutionId"]
+    definition = json.loads((run_dir / "definition.json").read_text())
+    console = Console(file=io.StringIO(), width=300)
+    status = run_demo(record, definition, local_run["store"], run_dir, count=3, console=console)
+    assert status == 0, console.file.getvalue()
+    answers = json.loads((run_dir / "endpoint.json").read_text())
+    labels = {path.name for path in local_run["digits"].iterdir()}
+    assert [answer["status"] for answer in answers] == [200, 200, 200]
+    assert all(answer["true_label"] in labels and answer["predicted"] in labels for answer in answers), answers
+    assert f"report: {run_dir / 'report.html'}" in console.file.getvalue() and (run_dir / "report.html").is_file()
 
 
 def test_threshold_above_one_takes_the_fail_step_with_the_measured_accuracy(local_run):
