@@ -3,7 +3,7 @@
 - Latency: p50/p99 of one 224-px JPEG request, sent one at a time, vs the bare ``model(x)`` on the same decoded,
   preprocessed tensor in this process, with the same torch threads and the memory format the endpoint picks.
 - Throughput: requests/s with 8 concurrent clients (``pipeline.serving.load.run_load``) against an endpoint with
-  dynamic batching (32 images, 5 ms) and one with ``max_batch_size=1`` (one request per forward pass).
+  dynamic batching (the endpoint's defaults) and one with ``max_batch_size=1`` (one request per forward pass).
 - Serving paths: p50 of a 1-image forward and img/s of an 8-image forward for fp32 contiguous, fp32
   channels_last, bf16 autocast, TorchScript frozen, ``torch.compile``; ONNX Runtime where it is installed.
 """
@@ -216,10 +216,11 @@ def measure_endpoints(model_dir: Path, images_dir: Path, body: bytes, threads: i
     latency (on the batching one), requests/s at ``sizes.concurrency`` clients (best of two rounds, run in both
     orders), peak RSS and the autocast dtype the endpoint chose."""
     from pipeline.serving.server import start_in_background
+    from pipeline.serving.settings import MAX_BATCH_SIZE
 
     with contextlib.ExitStack() as stack:
         endpoints = {}
-        for name, batch in (("batching", 32), ("one_at_a_time", 1)):
+        for name, batch in (("batching", MAX_BATCH_SIZE), ("one_at_a_time", 1)):
             log_path = log_dir / f"{autocast}-{name}.log"
             with patched_env(IMGCLF_AUTOCAST=autocast):  # the endpoint process inherits this environment
                 handle = start_in_background(model_dir, num_threads=threads, max_batch_size=batch,

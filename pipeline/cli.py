@@ -37,13 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"pipeline.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"pipeline.commands.{name}":
-                raise
-            continue  # that part of the CLI is not built yet
-        module.register(subparsers)
+        importlib.import_module(f"pipeline.commands.{name}").register(subparsers)
     _describe(subparsers)
     return parser
 

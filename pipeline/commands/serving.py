@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.local.registry import RegistryError, resolve_model_package
+from pipeline.serving.settings import add_endpoint_arguments, config_from_args
 
 
 def register(subparsers) -> None:
@@ -27,13 +29,7 @@ def register(subparsers) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=None,
                        help="port (default: $SAGEMAKER_BIND_TO_PORT, else 8080)")
-    serve.add_argument("--num-threads", type=int, default=None,
-                       help="torch threads (default: $OMP_NUM_THREADS, else the CPUs available)")
-    serve.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching: images per forward pass "
-                                                                      "(default 32)")
-    serve.add_argument("--max-delay-ms", type=float, default=5.0, help="dynamic batching: longest wait for more "
-                                                                       "requests (default 5 ms)")
-    serve.add_argument("--max-queue-size", type=int, default=128, help="requests waiting before 503 (default 128)")
+    add_endpoint_arguments(serve)
     serve.set_defaults(func=run_serve)
 
     predict = subparsers.add_parser(
@@ -79,11 +75,6 @@ def resolve_model(reference: str, store: Path, sha256: str | None) -> tuple[str,
     if path.exists():
         return str(path), sha256, None
     try:
-        from pipeline.local.registry import RegistryError, resolve_model_package
-    except ModuleNotFoundError as error:
-        raise UserError(f"--model {reference}: no such file or folder (and this checkout has no local model "
-                        "registry to look a package up in): give a model.tar.gz path") from error
-    try:
         package = resolve_model_package(store, reference)
     except (RegistryError, OSError) as error:
         raise UserError(f"--model {reference}: not a file or folder, nor a registered model package ({error})"
@@ -113,12 +104,11 @@ def _check_archive(model: str, sha256: str | None) -> None:
 
 def run_serve(args) -> int:
     """Run the endpoint in the foreground until Ctrl-C / SIGTERM."""
-    from pipeline.serving.server import EndpointConfig, ModelLoadError, default_num_threads, resolve_port, serve
+    from pipeline.serving.server import ModelLoadError, resolve_port, serve
 
     model, sha256, version = resolve_model(args.model, args.store, args.sha256)
     _check_archive(model, sha256)
-    config = EndpointConfig(model, sha256, args.model_version or version, args.num_threads or default_num_threads(),
-                            args.max_batch_size, args.max_delay_ms, args.max_queue_size)
+    config = config_from_args(args, model, sha256, args.model_version or version)
     port = resolve_port(args.port)
     try:
         serve(config, args.host, port, on_loaded=lambda: print(

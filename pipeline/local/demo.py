@@ -6,12 +6,11 @@ Steps: find the RegisterModel step's model package group in the execution, take 
 ``image/png``, print prediction vs true label, stop the endpoint, record the answers in
 ``runs/<id>/endpoint.json`` (``[{"image", "true_label", "predicted", "probability", "status"}]``, read by the
 report), print the test accuracy from the evaluation PropertyFile and write the run's report
-(``pipeline.local.report.write_report(run_dir)``, when that module exists).
+(``pipeline.local.report.write_report(run_dir)``).
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,11 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.local.endpoint import EndpointError, LocalEndpoint, server_available
+from pipeline.local import report
 from pipeline.local.registry import ModelRegistry, RegistryError
+from pipeline.local.status import StepStatus
 from pipeline.local.store import Store, StoreError, atomic_write_json
+from pipeline.serving.server import EndpointStartError, start_in_background
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -58,12 +59,12 @@ def sample_images(test_dir: Path, count: int) -> list[tuple[Path, str]]:
 
 
 def _step(record: dict, kind: str) -> dict | None:
-    return next((s for s in record["Steps"] if s["StepType"] == kind and s["StepStatus"] == "Succeeded"), None)
+    return next((s for s in record["Steps"] if s["StepType"] == kind and s["StepStatus"] == StepStatus.SUCCEEDED), None)
 
 
 def _test_uri(record: dict) -> str | None:
     for step in record["Steps"]:
-        if step["StepType"] == "Processing" and step["StepStatus"] == "Succeeded":
+        if step["StepType"] == "Processing" and step["StepStatus"] == StepStatus.SUCCEEDED:
             for output in step["Properties"].get("ProcessingOutputConfig", {}).get("Outputs", []):
                 if output.get("OutputName") == "test":
                     return output["S3Output"]["S3Uri"]
@@ -76,7 +77,7 @@ def _accuracy(record: dict, definition: dict, store: Store) -> float | None:
             if property_file.get("FilePath") != "evaluation.json":
                 continue
             step = next((s for s in record["Steps"] if s["StepName"] == spec["Name"]), None)
-            if not step or step["StepStatus"] != "Succeeded":
+            if not step or step["StepStatus"] != StepStatus.SUCCEEDED:
                 continue
             for output in step["Properties"].get("ProcessingOutputConfig", {}).get("Outputs", []):
                 if output.get("OutputName") == property_file["OutputName"]:
@@ -94,20 +95,8 @@ def _all_steps(definition: dict):
 
 
 def write_report(run_dir: Path, console: Console) -> None:
-    """Write the run's HTML report through ``pipeline.local.report.write_report`` and print where it is."""
-    try:
-        report = importlib.import_module("pipeline.local.report")
-    except ModuleNotFoundError as error:
-        if error.name != "pipeline.local.report":
-            raise
-        console.print("report: pipeline/local/report.py is not in this checkout; no report.html written")
-        return
-    writer = getattr(report, "write_report", None)
-    if writer is None:
-        console.print("report: pipeline.local.report has no write_report(run_dir); no report.html written")
-        return
-    path = writer(run_dir)
-    console.print(f"report: {path}")
+    """Write the run's HTML report (:func:`pipeline.local.report.write_report`) and print where it is."""
+    console.print(f"report: {report.write_report(run_dir)}")
 
 
 def run_demo(
@@ -132,9 +121,6 @@ def _serve_and_predict(record: dict, store: Store, run_dir: Path, count: int, co
     if register is None:
         console.print("demo: no model package was registered in this execution (see the quality gate above)")
         return 1
-    if not server_available():
-        console.print("demo: the local server (pipeline/commands/serving.py) is not in this checkout; no endpoint")
-        return 1
     registry = ModelRegistry(store)
     try:
         package = registry.latest(register["Properties"]["ModelPackageGroupName"], "Approved")
@@ -152,11 +138,9 @@ def _serve_and_predict(record: dict, store: Store, run_dir: Path, count: int, co
         table.add_column(column)
     correct = 0
     answers = []
-    endpoint = LocalEndpoint(
-        model_path, run_dir / "jobs" / "demo-endpoint.log", sha256=digest, model_version=package["ModelPackageArn"]
-    )
     try:
-        with endpoint:
+        with start_in_background(model_path, sha256=digest, model_version=package["ModelPackageArn"],
+                                 log_path=run_dir / "jobs" / "demo-endpoint.log") as endpoint:
             console.print(f"endpoint: {endpoint.url} serving {model_path}")
             with httpx.Client(base_url=endpoint.url, timeout=60) as client:
                 for path, label in images:
@@ -191,8 +175,8 @@ def _serve_and_predict(record: dict, store: Store, run_dir: Path, count: int, co
                             "status": response.status_code,
                         }
                     )
-    except EndpointError as error:
-        console.print(f"demo: {error}")
+    except EndpointStartError as error:
+        console.print(f"demo: {str(error).splitlines()[0]}")
         return 1
     atomic_write_json(run_dir / "endpoint.json", answers)
     console.print(table)

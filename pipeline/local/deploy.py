@@ -13,8 +13,7 @@ model artifacts, ``Skipped`` for a package that is not Approved), ``endpoint_url
 What the deploy step last put on each endpoint is recorded in ``<store>/_deployments/<endpoint name>.json``
 (``ModelDataUrl``, its SHA-256, the package ARN). A package whose ``ModelDataUrl`` and archive SHA-256 equal the
 recorded ones (a scheduled run with no new data: the training step was a cache hit, RegisterModel made a new
-version of the same artifacts) leaves the endpoint untouched: no restart, status ``Unchanged``. Without the
-``serve`` command in this checkout the step is ``Skipped`` with that reason.
+version of the same artifacts) leaves the endpoint untouched: no restart, status ``Unchanged``.
 """
 
 from __future__ import annotations
@@ -24,10 +23,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.local.endpoint import EndpointError, LocalEndpoint, server_available
 from pipeline.local.registry import resolve_model_package
 from pipeline.local.status import StepOutcome, StepStatus
 from pipeline.local.store import Store, atomic_write_json
+from pipeline.serving.server import EndpointStartError, start_in_background
 
 _PACKAGE_ARN = re.compile(r":model-package/[^/]+/\d+$")
 #: Not ``_endpoints``: that folder holds the long-lived stage endpoints' state (pipeline.local.stages).
@@ -77,10 +76,6 @@ def run_deploy(
         reason = f"model package approval status is {description.get('ModelApprovalStatus')}, not Approved"
         properties = {**base, "OutputParameters": _outputs(spec, values), "Reason": reason}
         return StepOutcome(StepStatus.SUCCEEDED, properties, detail=reason)
-    if not server_available():
-        reason = "no local server in this checkout (pipeline/commands/serving.py): the endpoint was not started"
-        outputs = _outputs(spec, {**values, "status": "Skipped"})
-        return StepOutcome(StepStatus.SKIPPED, {**base, "OutputParameters": outputs, "Reason": reason}, detail=reason)
     record_path = store.root / DEPLOYMENTS_FOLDER / f"{re.sub(r'[^a-zA-Z0-9-]', '-', endpoint_name)}.json"
     model_data_url = description["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
     serving = _read_json(record_path)
@@ -89,18 +84,15 @@ def run_deploy(
         reason = f"{endpoint_name} already serves {model_data_url} (from {serving.get('ModelPackageArn')})"
         properties = {**base, "OutputParameters": _outputs(spec, values), "Reason": reason}
         return StepOutcome(StepStatus.SUCCEEDED, properties, detail=reason)
-    endpoint = LocalEndpoint(
-        package["model_path"],
-        jobs_dir / f"{endpoint_name}-endpoint.log",
-        sha256=package["sha256"],
-        model_version=arn,
-    )
+    endpoint = start_in_background(package["model_path"], sha256=package["sha256"], model_version=arn,
+                                   log_path=jobs_dir / f"{endpoint_name}-endpoint.log", wait=False)
     report(f"starting endpoint {endpoint_name} on {endpoint.url}")
     try:
         with endpoint:
+            endpoint.wait_until_healthy()
             values.update(status="InService", endpoint_url=endpoint.url)
-    except EndpointError as error:
-        return StepOutcome(StepStatus.FAILED, failure_reason=f"endpoint {endpoint_name}: {error}")
+    except EndpointStartError as error:
+        return StepOutcome(StepStatus.FAILED, failure_reason=f"endpoint {endpoint_name}: {str(error).splitlines()[0]}")
     atomic_write_json(record_path, {"EndpointName": endpoint_name, "ModelPackageArn": arn,
                                     "ModelDataUrl": model_data_url, "ModelDataSha256": package["sha256"]})  # fmt: skip
     serve = f"python -m pipeline serve --model {arn} --store {store.root}"

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.hashing import sha256_of
 from pipeline.local.status import local_arn
 from pipeline.local.store import Store, StoreError, atomic_write_json
-from pipeline.serving.handlers import sha256_of
 
 REGISTRY_FOLDER = "_registry"
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")

@@ -248,7 +248,7 @@ class Endpoint:
                                          num_threads=request.get("num_threads", 1), log_path=log_path,
                                          startup_timeout_s=MODEL_START_TIMEOUT_S)  # fmt: skip
         except EndpointStartError as error:
-            reason = f"the new model did not answer /ping: {str(error).splitlines()[0]} (log: {log_path})"
+            reason = f"the new model did not answer /ping: {str(error).splitlines()[0]}"
             self._finish("RolledBack" if old else "Failed", reason, "InService" if old else "Failed")
             return
         new = Variant(name, model, handle, 0.0)

@@ -41,6 +41,7 @@ from imgclf.tracking import (
     PARENT_TAG,
     client_settings,
 )
+from pipeline.hashing import sha256_of
 from pipeline.local.status import StepStatus
 from pipeline.tracking import local_artifact_uri, local_tracking_uri
 
@@ -153,7 +154,7 @@ class ExecutionRun:
         }
         bundle = _code_bundle_uri(execution.definition)
         if bundle and execution.store.path(bundle).is_file():
-            tags["pipeline.code_bundle_sha256"] = hashlib.sha256(execution.store.path(bundle).read_bytes()).hexdigest()
+            tags["pipeline.code_bundle_sha256"] = sha256_of(execution.store.path(bundle))
         commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pipeline.serving.settings import MAX_BATCH_SIZE, MAX_DELAY_MS, MAX_QUEUE_SIZE
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,14 +68,16 @@ class DynamicBatcher:
 
     Args:
         predict: runs one (combined) input on the worker thread; returns the prediction.
-        max_batch_size: most images per forward pass (default 32). A single request larger than this runs alone.
-        max_delay_s: longest wait for more requests after the first (default 0.005 s).
-        max_queue_size: most requests waiting (default 128); more raise :class:`QueueFullError`.
+        max_batch_size: most images per forward pass (default :data:`~pipeline.serving.settings.MAX_BATCH_SIZE`).
+            A single request larger than this runs alone.
+        max_delay_s: longest wait for more requests after the first (default ``MAX_DELAY_MS`` / 1000).
+        max_queue_size: most requests waiting (default ``MAX_QUEUE_SIZE``); more raise :class:`QueueFullError`.
         initializer: run once on the worker thread before the first batch (e.g. torch thread settings).
     """
 
-    def __init__(self, predict: Callable, max_batch_size: int = 32, max_delay_s: float = 0.005,
-                 max_queue_size: int = 128, initializer: Callable | None = None):
+    def __init__(self, predict: Callable, max_batch_size: int = MAX_BATCH_SIZE,
+                 max_delay_s: float = MAX_DELAY_MS / 1000, max_queue_size: int = MAX_QUEUE_SIZE,
+                 initializer: Callable | None = None):
         if max_batch_size < 1 or max_queue_size < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size and max_queue_size must be >= 1 and max_delay_s >= 0")
         self.predict = predict

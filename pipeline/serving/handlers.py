@@ -9,7 +9,6 @@ passes the request ``context`` to a handler whose signature has one more paramet
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
 import io
@@ -21,6 +20,8 @@ import tarfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.hashing import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +41,6 @@ class HandlerError(Exception):
     def __init__(self, status_code: int, message: str):
         super().__init__(message)
         self.status_code, self.message = status_code, message
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def prepare_model_dir(model: str | os.PathLike, scratch: Path, sha256: str | None = None) -> Path:

@@ -16,8 +16,9 @@ dynamic batching (:mod:`pipeline.serving.batching`).
 
 Two ways to run it, one code path (:func:`serve`): ``python -m pipeline serve --model PATH`` in the foreground, and
 :func:`start_in_background` (a child process running ``python -m pipeline.serving.server``) for the local
-executor's deploy step and the tests. A child process rather than a thread: the archive's ``imgclf`` package must
-not mix with this checkout's, torch's thread settings are per process, and ``stop()`` can always end it.
+executor's deploy step, ``run-local --demo``, the stage endpoints, the tests and the benchmark. A child process
+rather than a thread: the archive's ``imgclf`` package must not mix with this checkout's, torch's thread settings
+are per process, and ``stop()`` can always end it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
@@ -45,8 +46,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
-from imgclf.host import usable_cpus
 from pipeline.serving.batching import DynamicBatcher, QueueFullError
 from pipeline.serving.handlers import (
     DEFAULT_ACCEPT_ENV,
@@ -55,6 +54,15 @@ from pipeline.serving.handlers import (
     RequestContext,
     load_handlers,
     prepare_model_dir,
+)
+from pipeline.serving.settings import (
+    MAX_BATCH_SIZE,
+    MAX_DELAY_MS,
+    MAX_QUEUE_SIZE,
+    EndpointConfig,
+    add_endpoint_arguments,
+    config_from_args,
+    default_num_threads,
 )
 
 logger = logging.getLogger("pipeline.serving")
@@ -69,29 +77,6 @@ PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
 RETRY_AFTER_S = "1"
 #: Read by the archive's model_fn (imgclf.serving.MODEL_VERSION_ENV) to echo the model package version.
 MODEL_VERSION_ENV = "IMGCLF_MODEL_PACKAGE_VERSION"
-
-
-def default_num_threads() -> int:
-    """Torch intra-op threads for this host: ``OMP_NUM_THREADS`` when set, else the CPUs this process may use."""
-    try:
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    except (KeyError, ValueError):
-        return usable_cpus()
-
-
-@dataclass
-class EndpointConfig:
-    """Settings of one endpoint. Batching defaults: 32 images, 5 ms, 128 waiting requests."""
-
-    model: str
-    sha256: str | None = None
-    model_version: str | None = None
-    num_threads: int = field(default_factory=default_num_threads)
-    max_batch_size: int = 32
-    max_delay_ms: float = 5.0
-    max_queue_size: int = 128
-    #: batch transform: concurrent requests per instance; enough to fill batches without long queues.
-    max_concurrent_transforms: int = 8
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -152,8 +137,10 @@ class Endpoint:
                 self.on_failure()
             return
         threads = self.config.num_threads
-        self.batcher = DynamicBatcher(self._predict, self.config.max_batch_size, self.config.max_delay_ms / 1000,
-                                      self.config.max_queue_size, initializer=lambda: torch.set_num_threads(threads))
+        self.batcher = DynamicBatcher(self._predict, max_batch_size=self.config.max_batch_size,
+                                      max_delay_s=self.config.max_delay_ms / 1000,
+                                      max_queue_size=self.config.max_queue_size,
+                                      initializer=lambda: torch.set_num_threads(threads))
         self.batcher.start()
         self.state = "ready"
 
@@ -331,9 +318,16 @@ def serve(config: EndpointConfig, host: str = "127.0.0.1", port: int | None = No
 
 # -- background endpoints ------------------------------------------------------------------------------------------
 
+#: Seconds a background endpoint may take to answer /ping 200: torch's import and the model's load on a busy
+#: 2-core machine.
+STARTUP_TIMEOUT_S = 180.0
+#: Seconds between SIGTERM and SIGKILL: more than uvicorn's graceful shutdown (``timeout_graceful_shutdown`` above).
+STOP_TIMEOUT_S = 15.0
+
 
 class EndpointStartError(RuntimeError):
-    """A background endpoint exited or did not become healthy in time; the message holds its log's tail."""
+    """A background endpoint exited or did not become healthy in time. The message's first line says why and names
+    the log; the lines after it are the log's tail."""
 
 
 @dataclass
@@ -344,14 +338,44 @@ class EndpointHandle:
     process: subprocess.Popen
     log_path: Path
 
-    def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM (graceful: in-flight requests finish), then SIGKILL after ``timeout_s``. Returns the exit code."""
+    def wait_until_healthy(self, timeout_s: float = STARTUP_TIMEOUT_S) -> EndpointHandle:
+        """Block until ``/ping`` answers 200; returns ``self``.
+
+        Raises:
+            EndpointStartError: the process exited, or ``/ping`` did not answer 200 within ``timeout_s`` (the
+                endpoint is stopped then).
+        """
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                if self.process.poll() is not None:
+                    tail = self.log_tail()
+                    cause = tail.splitlines()[-1] if tail else "no output"
+                    raise EndpointStartError(f"the endpoint exited with code {self.process.returncode} before it was "
+                                             f"healthy: {cause} (log: {self.log_path})\n{tail}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.url}/ping").status_code == 200:
+                        return self
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise EndpointStartError(f"the endpoint was not healthy within {timeout_s:.0f} s (log: "
+                                             f"{self.log_path})\n{self.log_tail()}")
+                time.sleep(0.1)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM the endpoint's process group (graceful: in-flight requests finish), then SIGKILL after
+        ``timeout_s``. Returns the exit code."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            # the child leads its own session (start_new_session), so its group is its pid and holds nothing else
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         return self.process.returncode
 
@@ -391,31 +415,37 @@ def _server_args(config: EndpointConfig) -> list[str]:
 
 def start_in_background(model_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 0,
                         sha256: str | None = None, *, model_version: str | None = None, num_threads: int | None = None,
-                        max_batch_size: int = 32, max_delay_ms: float = 5.0, max_queue_size: int = 128,
-                        log_path: str | os.PathLike | None = None, startup_timeout_s: float = 180.0,
-                        wait: bool = True) -> EndpointHandle:
-    """Start an endpoint for ``model_path`` (model.tar.gz or an extracted folder) in a child process.
+                        max_batch_size: int = MAX_BATCH_SIZE, max_delay_ms: float = MAX_DELAY_MS,
+                        max_queue_size: int = MAX_QUEUE_SIZE, log_path: str | os.PathLike | None = None,
+                        startup_timeout_s: float = STARTUP_TIMEOUT_S, wait: bool = True) -> EndpointHandle:
+    """Start an endpoint for ``model_path`` (model.tar.gz or an extracted folder) in a child process: the one way
+    this project starts an endpoint in the background (the deploy step, ``run-local --demo``, the stage endpoints'
+    variants, tests and the benchmark).
+
+    The child runs ``python -m pipeline.serving.server`` in its own session, ends itself when this process is gone,
+    and writes stdout+stderr to ``log_path``.
 
     Args:
         port: 0 picks a free port.
         sha256: hex SHA-256 the archive must have (e.g. the model package's); checked before extraction.
         model_version: echoed as ``model_version`` in every response.
         num_threads: torch threads of the endpoint (default: :func:`default_num_threads`).
-        log_path: the endpoint's stdout+stderr (default: a temporary file).
-        wait: block until ``/ping`` answers 200 (else return at once; ``/ping`` answers 503 while loading).
+        max_batch_size, max_delay_ms, max_queue_size: dynamic batching (:class:`EndpointConfig`).
+        log_path: the endpoint's stdout+stderr, appended to (default: a temporary file).
+        wait: block until ``/ping`` answers 200 (:meth:`EndpointHandle.wait_until_healthy`); else return at once
+            (``/ping`` answers 503 while the model loads).
 
     Returns:
         An :class:`EndpointHandle` (``.url``, ``.stop()``; a context manager).
 
     Raises:
         EndpointStartError: the endpoint exited (e.g. bad archive, checksum mismatch) or was not healthy within
-            ``startup_timeout_s``; the message holds the tail of its log.
+            ``startup_timeout_s``; the message names the log and holds its tail.
     """
-    import httpx
-
     port = port or free_port(host)
-    config = EndpointConfig(str(Path(model_path).resolve()), sha256, model_version,
-                            num_threads or default_num_threads(), max_batch_size, max_delay_ms, max_queue_size)
+    config = EndpointConfig(model=str(Path(model_path).resolve()), sha256=sha256, model_version=model_version,
+                            num_threads=num_threads or default_num_threads(), max_batch_size=max_batch_size,
+                            max_delay_ms=max_delay_ms, max_queue_size=max_queue_size)
     if log_path is None:
         log_path = Path(tempfile.mkstemp(prefix="endpoint-", suffix=".log")[1])
     log_path = Path(log_path)
@@ -430,26 +460,11 @@ def start_in_background(model_path: str | os.PathLike, host: str = "127.0.0.1", 
     command = [sys.executable, "-m", "pipeline.serving.server", "--host", host, "--port", str(port),
                "--parent-pid", str(os.getpid()), *_server_args(config)]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                   cwd=root, start_new_session=True)
     url_host = f"[{host}]" if ":" in host else host
     handle = EndpointHandle(f"http://{url_host}:{port}", process, log_path)
-    if not wait:
-        return handle
-    deadline = time.monotonic() + startup_timeout_s
-    with httpx.Client(timeout=2.0) as client:
-        while True:
-            if process.poll() is not None:
-                raise EndpointStartError(f"the endpoint exited with code {process.returncode} before it was healthy:"
-                                         f"\n{handle.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{handle.url}/ping").status_code == 200:
-                    return handle
-            if time.monotonic() > deadline:
-                handle.stop()
-                raise EndpointStartError(f"the endpoint was not healthy within {startup_timeout_s:.0f} s:\n"
-                                         f"{handle.log_tail()}")
-            time.sleep(0.1)
+    return handle.wait_until_healthy(startup_timeout_s) if wait else handle
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -459,10 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-version", help="model package version echoed in responses")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=None, help=f"default: ${PORT_ENV} or {DEFAULT_PORT}")
-    parser.add_argument("--num-threads", type=int, default=None, help="torch threads (default: CPUs available)")
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    parser.add_argument("--max-queue-size", type=int, default=128)
+    add_endpoint_arguments(parser)
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -471,8 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the background endpoint process (see :func:`start_in_background`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = EndpointConfig(args.model, args.sha256, args.model_version, args.num_threads or default_num_threads(),
-                            args.max_batch_size, args.max_delay_ms, args.max_queue_size)
+    config = config_from_args(args, args.model, args.sha256, args.model_version)
     try:
         serve(config, args.host, args.port, parent_pid=args.parent_pid)
     except ModelLoadError as error:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,17 +19,12 @@ import pytest
 
 from pipeline.build import definition_json
 from pipeline.config import load_config
+from pipeline.serving.server import free_port
 from tests.conftest import ENTRYPOINTS
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(hosts: int, digits_split, folder) -> list[subprocess.CompletedProcess]:
-    port = _free_port()
+    port = free_port()
     processes = []
     for rank in range(hosts):
         host = folder / f"algo-{rank + 1}"

@@ -11,6 +11,7 @@ One module-scoped run is shared by the assertions (the suite must stay short on 
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +20,9 @@ import httpx
 import pytest
 
 from pipeline.cli import main
-from pipeline.local.endpoint import LocalEndpoint, server_available
 from pipeline.local.registry import ModelRegistry, resolve_model_package
 from pipeline.local.store import Store
+from pipeline.serving.server import start_in_background
 
 pytestmark = pytest.mark.slow
 
@@ -109,10 +110,8 @@ def test_every_step_ran_in_dependency_order(local_run):
     _, record = local_run["resumed"]
     steps = _steps(record)
     expected = {"split", "tune", "train", "debug", "evaluate", "quality_gate", "register-RegisterModel", "deploy"}
-    ran = {
-        name for name, step in steps.items() if step["StepStatus"] in ("Succeeded", "Skipped") and step["StartTime"]
-    }
-    assert expected <= ran | ({"deploy"} if not server_available() else set())
+    ran = {name for name, step in steps.items() if step["StepStatus"] == "Succeeded" and step["StartTime"]}
+    assert expected <= ran, expected - ran
     assert steps["quality_gate_failed"]["StepStatus"] == "Skipped"  # the branch not taken
     for step in steps.values():
         if not step["StartTime"]:
@@ -156,15 +155,12 @@ def test_registry_holds_the_approved_package_and_the_endpoint_answers(local_run)
     assert package["ModelApprovalStatus"] == "Approved"
     evaluation = ModelRegistry(store).model_metrics(package)["ModelQuality.Statistics"]
     assert "accuracy" in evaluation["multiclass_classification_metrics"]
-    if not server_available():
-        assert steps["deploy"]["StepStatus"] == "Skipped"
-        pytest.skip("pipeline/commands/serving.py is not in this checkout")
     assert steps["deploy"]["StepStatus"] == "Succeeded", steps["deploy"]["FailureReason"]
     assert steps["deploy"]["Properties"]["OutputParameters"]["status"] == "InService"
     resolved = resolve_model_package(store.root, package["ModelPackageArn"])
     image = sorted((local_run["digits"] / "3_three").iterdir())[0]
     log = local_run["runs"] / "test-endpoint.log"
-    with LocalEndpoint(resolved["model_path"], log, sha256=resolved["sha256"]) as endpoint:
+    with start_in_background(resolved["model_path"], sha256=resolved["sha256"], log_path=log) as endpoint:
         response = httpx.post(
             f"{endpoint.url}/invocations",
             content=image.read_bytes(),
@@ -173,6 +169,26 @@ def test_registry_holds_the_approved_package_and_the_endpoint_answers(local_run)
         )
     assert response.status_code == 200, response.text
     assert "3_three" in response.text or any(f"{d}_" in response.text for d in range(10))
+
+
+def test_demo_serves_the_approved_package_and_records_its_answers(local_run):
+    """``run-local --demo`` on the resumed execution: the newest Approved package answers every test image sent,
+    ``endpoint.json`` records the answers and the report is written beside them."""
+    from rich.console import Console
+
+    from pipeline.local.demo import run_demo
+
+    _, record = local_run["resumed"]
+    run_dir = local_run["runs"] / record["PipelineExecutionId"]
+    definition = json.loads((run_dir / "definition.json").read_text())
+    console = Console(file=io.StringIO(), width=300)
+    status = run_demo(record, definition, local_run["store"], run_dir, count=3, console=console)
+    assert status == 0, console.file.getvalue()
+    answers = json.loads((run_dir / "endpoint.json").read_text())
+    labels = {path.name for path in local_run["digits"].iterdir()}
+    assert [answer["status"] for answer in answers] == [200, 200, 200]
+    assert all(answer["true_label"] in labels and answer["predicted"] in labels for answer in answers), answers
+    assert f"report: {run_dir / 'report.html'}" in console.file.getvalue() and (run_dir / "report.html").is_file()
 
 
 def test_threshold_above_one_takes_the_fail_step_with_the_measured_accuracy(local_run):

@@ -23,10 +23,10 @@ import httpx
 import pytest
 
 from pipeline.cli import main
-from pipeline.local.endpoint import LocalEndpoint, server_available
 from pipeline.local.registry import ModelRegistry, resolve_model_package
 from pipeline.local.report import write_report
 from pipeline.local.store import Store
+from pipeline.serving.server import start_in_background
 
 pytestmark = pytest.mark.slow
 
@@ -128,8 +128,6 @@ def test_the_second_execution_splits_hold_only_its_own_files(retraining):
 
 def test_the_endpoint_now_answers_nine_for_a_nine(retraining):
     steps = _steps(retraining["executions"][1]["record"])
-    if not server_available():
-        pytest.skip("pipeline/commands/serving.py is not in this checkout")
     assert steps["deploy"]["Properties"]["OutputParameters"]["status"] == "InService"
     store = retraining["store"]
     resolved = resolve_model_package(store.root, steps["register-RegisterModel"]["Properties"]["ModelPackageArn"])
@@ -138,7 +136,7 @@ def test_the_endpoint_now_answers_nine_for_a_nine(retraining):
     nines = [path for key, path in store.objects(train_uri) if key.startswith("9_nine/")]
     labels = Counter()
     log = retraining["executions"][1]["run_dir"] / "test-endpoint.log"
-    with LocalEndpoint(resolved["model_path"], log, sha256=resolved["sha256"]) as endpoint:
+    with start_in_background(resolved["model_path"], sha256=resolved["sha256"], log_path=log) as endpoint:
         for image in nines:
             response = httpx.post(f"{endpoint.url}/invocations", content=image.read_bytes(), timeout=60,
                                   headers={"Content-Type": "image/png", "Accept": "application/json"})  # fmt: skip
@@ -164,6 +162,5 @@ def test_a_run_with_nothing_new_takes_every_job_step_from_the_cache_and_leaves_t
     assert three["ModelPackageVersion"] == 3 and steps["register-RegisterModel"]["CacheHitResult"] is None
     assert three["InferenceSpecification"] == two["InferenceSpecification"]
     assert three["ModelMetrics"] == two["ModelMetrics"]
-    if server_available():
-        assert steps["deploy"]["Properties"]["OutputParameters"]["status"] == "Unchanged"
-        assert "already serves" in steps["deploy"]["Detail"]
+    assert steps["deploy"]["Properties"]["OutputParameters"]["status"] == "Unchanged"
+    assert "already serves" in steps["deploy"]["Detail"]

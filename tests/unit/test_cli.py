@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import tarfile
@@ -19,15 +18,10 @@ import yaml
 
 from pipeline.cli import build_parser, main, make_console
 from pipeline.config import DEFAULT_CONFIG_PATH, MODEL_NAMES, ConfigError, load_config
+from pipeline.serving.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_AWS = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def error_of(capsys, *argv: str) -> str:
@@ -125,7 +119,7 @@ def test_bad_arguments_are_one_line_not_a_traceback(capsys, argv, expected):
 def test_serve_refuses_a_bad_archive_before_announcing_anything(capsys, tmp_path):
     archive = tmp_path / "model.tar.gz"
     archive.write_text("not an archive")
-    line = error_of(capsys, "serve", "--model", str(archive), "--port", str(closed_port()))
+    line = error_of(capsys, "serve", "--model", str(archive), "--port", str(free_port()))
     assert "is not a tar archive" in line
     assert capsys.readouterr().out == ""  # no "serving ..." line, no Uvicorn banner
 
@@ -136,7 +130,7 @@ def test_serve_loads_the_model_before_announcing_anything(capsys, tmp_path):
     archive = tmp_path / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(ROOT / "README.md", arcname="README.md")
-    assert main(["serve", "--model", str(archive), "--port", str(closed_port())]) == 2
+    assert main(["serve", "--model", str(archive), "--port", str(free_port())]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""  # no "serving ..." line, no Uvicorn banner
     assert captured.err.count("failed to load") == 1, captured.err
@@ -146,7 +140,7 @@ def test_serve_loads_the_model_before_announcing_anything(capsys, tmp_path):
 def test_load_counts_only_answered_requests(capsys, digits_dir):
     from pipeline.serving.load import run_load
 
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     report = run_load(url, digits_dir, concurrency=2, requests=20, duration_limit_s=10)
     assert report.requests == 20 and report.answered == 0 and report.requests_per_s == 0.0
     assert report.latencies_ms == [] and report.statuses == {"ConnectError": 20}

@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from pipeline.hashing import sha256_of
 from pipeline.serving.handlers import (
     HandlerError,
     Handlers,
@@ -18,7 +19,6 @@ from pipeline.serving.handlers import (
     default_output_fn,
     load_handlers,
     prepare_model_dir,
-    sha256_of,
 )
 
 

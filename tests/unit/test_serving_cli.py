@@ -110,9 +110,9 @@ def test_serve_with_an_unknown_model_is_a_user_error(tmp_path, capsys):
 def test_serve_resolves_a_registered_model_package(tmp_path):
     """``serve --model latest`` (or <group>/<version>, or the ARN) serves the registered archive, with its SHA-256
     to check and its ARN as the model version; an archive changed after registration is refused."""
-    registry_module = pytest.importorskip("pipeline.local.registry")
     from pipeline.commands.serving import resolve_model
     from pipeline.errors import UserError
+    from pipeline.local.registry import ModelRegistry
     from pipeline.local.store import Store
 
     store = Store(tmp_path / "store")
@@ -120,7 +120,7 @@ def test_serve_resolves_a_registered_model_package(tmp_path):
     archive.write_bytes(b"pretend archive")
     url = "s3://bucket/models/model.tar.gz"
     store.put_file(archive, url)
-    registry = registry_module.ModelRegistry(store)
+    registry = ModelRegistry(store)
     description = registry.create_model_package({
         "ModelPackageGroupName": "image-classifier", "ModelApprovalStatus": "Approved",
         "InferenceSpecification": {"Containers": [{"Image": "pytorch-inference", "ModelDataUrl": url}]}})
