@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 BUCKET = "s3://sagemaker-image-classification"
 PER_CLASS = 20
-FIRST_PER_CLASS = 10  # execution 1: 8 train, 1 validation, 1 test image per digit (split.py keeps one of each)
+FIRST_PER_CLASS = 5  # execution 1: 3 train, 1 validation, 1 test image per digit (split.py keeps one of each)
 JOB_STEPS = ("split", "tune", "train", "debug", "evaluate")
 SPLITS = ("train", "validation", "test")
 # Small: one tuning job, 28 px, a few epochs (enough for a model that tells a 9 from the rest on its own images).
