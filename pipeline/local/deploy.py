@@ -8,7 +8,8 @@ waits for ``GET /ping`` to answer 200, sends nothing else and stops it: the step
 
 Outputs (the LambdaStep's ``OutputParameters``, as the real handler returns them): ``endpoint_name``,
 ``status`` (``InService`` locally once /ping answered, ``Unchanged`` when the endpoint already serves the same
-model artifacts, ``Skipped`` for a package that is not Approved), ``endpoint_url`` and ``model_package_arn``.
+model artifacts, ``Skipped`` for a package that is not Approved), ``reason`` (why Unchanged or Skipped; empty
+otherwise), ``endpoint_url`` and ``model_package_arn``.
 
 What the deploy step last put on each endpoint is recorded in ``<store>/_deployments/<endpoint name>.json``
 (``ModelDataUrl``, its SHA-256, the package ARN). A package whose ``ModelDataUrl`` and archive SHA-256 equal the
@@ -74,6 +75,7 @@ def run_deploy(
     if description.get("ModelApprovalStatus") != "Approved":
         values["status"] = "Skipped"
         reason = f"model package approval status is {description.get('ModelApprovalStatus')}, not Approved"
+        values["reason"] = reason  # the AWS handler's output of the same name
         properties = {**base, "OutputParameters": _outputs(spec, values), "Reason": reason}
         return StepOutcome(StepStatus.SUCCEEDED, properties, detail=reason)
     record_path = store.root / DEPLOYMENTS_FOLDER / f"{re.sub(r'[^a-zA-Z0-9-]', '-', endpoint_name)}.json"
@@ -82,6 +84,7 @@ def run_deploy(
     if serving.get("ModelDataUrl") == model_data_url and serving.get("ModelDataSha256") == package["sha256"]:
         values["status"] = "Unchanged"
         reason = f"{endpoint_name} already serves {model_data_url} (from {serving.get('ModelPackageArn')})"
+        values["reason"] = reason
         properties = {**base, "OutputParameters": _outputs(spec, values), "Reason": reason}
         return StepOutcome(StepStatus.SUCCEEDED, properties, detail=reason)
     endpoint = start_in_background(package["model_path"], sha256=package["sha256"], model_version=arn,

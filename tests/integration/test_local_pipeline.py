@@ -109,7 +109,8 @@ def test_a_failed_step_stops_the_execution_and_resume_finishes_it(local_run):
 def test_every_step_ran_in_dependency_order(local_run):
     _, record = local_run["resumed"]
     steps = _steps(record)
-    expected = {"split", "tune", "train", "debug", "evaluate", "quality_gate", "register-RegisterModel", "deploy"}
+    expected = {"split", "tune", "train", "debug", "evaluate", "quality_gate", "register-RegisterModel", "deploy",
+                "endpoint_outcome"}
     ran = {name for name, step in steps.items() if step["StepStatus"] == "Succeeded" and step["StartTime"]}
     assert expected <= ran, expected - ran
     assert steps["quality_gate_failed"]["StepStatus"] == "Skipped"  # the branch not taken
@@ -157,6 +158,8 @@ def test_registry_holds_the_approved_package_and_the_endpoint_answers(local_run)
     assert "accuracy" in evaluation["multiclass_classification_metrics"]
     assert steps["deploy"]["StepStatus"] == "Succeeded", steps["deploy"]["FailureReason"]
     assert steps["deploy"]["Properties"]["OutputParameters"]["status"] == "InService"
+    # the callback step after deploy ends with the endpoint's outcome, as the deploy Lambda answers it in AWS
+    assert steps["endpoint_outcome"]["Properties"]["OutputParameters"] == {"status": "InService", "reason": ""}
     resolved = resolve_model_package(store.root, package["ModelPackageArn"])
     image = sorted((local_run["digits"] / "3_three").iterdir())[0]
     log = local_run["runs"] / "test-endpoint.log"

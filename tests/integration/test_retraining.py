@@ -171,3 +171,7 @@ def test_a_run_with_nothing_new_takes_every_job_step_from_the_cache_and_leaves_t
     assert three["ModelMetrics"] == two["ModelMetrics"]
     assert steps["deploy"]["Properties"]["OutputParameters"]["status"] == "Unchanged"
     assert "already serves" in steps["deploy"]["Detail"]
+    # the pipeline's last word on the endpoint: Unchanged is a success, with the deploy step's reason
+    outcome = steps["endpoint_outcome"]
+    assert outcome["StepStatus"] == "Succeeded" and outcome["Properties"]["OutputParameters"]["status"] == "Unchanged"
+    assert "already serves" in outcome["Properties"]["OutputParameters"]["reason"]
