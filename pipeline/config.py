@@ -320,7 +320,6 @@ class Debugger(_Model):
 
     @model_validator(mode="after")
     def _known_rules(self) -> Debugger:
-        import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path)
         from imgclf.schemas import DEBUGGER_RULES, PROFILER_RULES
 
         for rule in self.rules:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-import pipeline._entrypoints  # noqa: F401  (entrypoints/ on sys.path: the deploy Lambda's names, defined once)
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.instances import volume_kms_key

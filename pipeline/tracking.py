@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.tracking import ENV_EXPERIMENT, ENV_STEP, ENV_URI
 from pipeline.config import Config
 

@@ -24,7 +24,6 @@ from sagemaker.workflow.functions import Join
 from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.schemas import DEBUG_FILE, DEBUG_PROPERTY_FILE
 from steps.context import PROCESSING_ROOT, ReportingStep, StepContext, make_processor
 

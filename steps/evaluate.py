@@ -13,7 +13,6 @@ from sagemaker.processing import ProcessingInput, ProcessingOutput
 from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.schemas import EVALUATION_FILE, EVALUATION_PROPERTY_FILE
 from steps.context import PROCESSING_ROOT, ReportingStep, StepContext, make_processor
 

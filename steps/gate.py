@@ -16,7 +16,6 @@ from sagemaker.workflow.fail_step import FailStep
 from sagemaker.workflow.functions import Join, JsonGet
 from sagemaker.workflow.steps import Step
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.schemas import ACCURACY_JSON_PATH, BLOCKING_ISSUES_JSON_PATH, BLOCKING_REASON_JSON_PATH
 from steps.context import ReportingStep, StepContext
 

@@ -26,7 +26,6 @@ from sagemaker.tuner import (
 )
 from sagemaker.workflow.steps import ProcessingStep, TuningStep
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
 from pipeline.config import CategoricalRange, Config, ContinuousRange, IntegerRange
 from steps.context import StepContext, channels, make_estimator

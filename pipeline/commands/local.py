@@ -136,7 +136,6 @@ def _describe(console, config: Config, classes: dict[str, int] | None, cpus: int
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) one local execution; print its summary; with ``--demo`` run the endpoint demo."""
-    import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
     from imgclf.host import usable_cpus
     from pipeline.local.demo import run_demo
     from pipeline.local.executor import ExecutionError, LocalExecution, RunOptions, step_graph

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for deploy_endpoint)
 from pipeline.local.status import StepOutcome, StepStatus
 
 

@@ -44,7 +44,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.host import usable_cpus
 from pipeline.local import expressions
 from pipeline.local.callback import answer as answer_callback

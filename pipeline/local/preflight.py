@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path)
 from pipeline.errors import UserError
 
 #: Training steps timed (after one warm-up step) and images per step for the estimate.

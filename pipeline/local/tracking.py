@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.execution_run import EXECUTION_ARN_TAG, EXECUTION_ID_TAG, PIPELINE_NAME_TAG
 from imgclf.tracking import (
     ENV_EXPERIMENT,

@@ -12,7 +12,6 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for imgclf)
 from imgclf.host import usable_cpus
 
 #: Dynamic batching: images per forward pass, longest wait for more requests, requests waiting before a 503.

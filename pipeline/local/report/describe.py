@@ -7,7 +7,6 @@ import datetime
 import math
 from typing import Any
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for the schemas)
 from imgclf import schemas
 from pipeline.local.report.data import RunData, Unavailable, expression_context
 from pipeline.local.status import JobStatus, StepStatus

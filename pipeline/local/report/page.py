@@ -8,7 +8,6 @@ import html
 import json
 from typing import Any
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for the schemas)
 from imgclf import schemas
 from pipeline.local.report.describe import plain
 from pipeline.local.status import JobStatus, StepStatus

@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import math
 
-import pipeline._entrypoints  # noqa: F401  (puts entrypoints/ on sys.path for the schemas)
 from imgclf import schemas
 from pipeline.local.report import page, plots
 from pipeline.local.report.data import RunData, Unavailable, endpoint_now
