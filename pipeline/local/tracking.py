@@ -206,8 +206,9 @@ class ExecutionRun:
         """Tag what a finished step tells: its status, a cache hit's source, the best trial, the model package."""
         name, properties = step["StepName"], step.get("Properties") or {}
         self.set_tag(f"pipeline.step.{name}", step["StepStatus"])
-        if step.get("CacheHit"):
-            self.set_tag(f"pipeline.step.{name}.cache_hit", step["CacheHit"].get("SourcePipelineExecutionArn", ""))
+        if step.get("CacheHitResult"):  # the record's key, as in ListPipelineExecutionSteps
+            source = step["CacheHitResult"].get("SourcePipelineExecutionArn", "")
+            self.set_tag(f"pipeline.step.{name}.cache_hit", source)
         if step["StepType"] == "Tuning" and step["StepStatus"] == StepStatus.SUCCEEDED:
             best = (properties.get("BestTrainingJob") or {}).get("TrainingJobName")
             if best:

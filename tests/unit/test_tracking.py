@@ -249,3 +249,19 @@ def test_a_job_whose_tags_cannot_be_read_logs_unnested_after_one_warning(aws_env
     assert error.count("warning") == 1 and f"no parent run for this job (the tags of {arn}" in error, error
     (logged,) = _job_runs(store, "untagged")
     assert logged.info.run_id == run.run_id and "mlflow.parentRunId" not in logged.data.tags
+
+
+def test_a_cache_hit_is_tagged_on_the_execution_run_with_its_source(store):
+    """A step record's CacheHitResult (execution.json's key) tags the parent run with the source execution."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.local.tracking import ExecutionRun
+
+    client = MlflowClient(tracking_uri=store)
+    experiment_id = client.create_experiment("cache-hit-tag")
+    run = ExecutionRun(client, client.create_run(experiment_id).info.run_id, store, "cache-hit-tag", experiment_id)
+    source = "arn:aws:sagemaker:us-east-1:000000000000:pipeline/p/execution/earlier"
+    run.step_finished({"StepName": "train", "StepType": "Training", "StepStatus": "Succeeded", "Properties": {},
+                       "CacheHitResult": {"SourcePipelineExecutionArn": source}})  # fmt: skip
+    tags = client.get_run(run.run_id).data.tags
+    assert tags["pipeline.step.train"] == "Succeeded" and tags["pipeline.step.train.cache_hit"] == source
