@@ -32,13 +32,14 @@ def build(ctx: StepContext, evaluate: ReportingStep, debug: ReportingStep, if_st
     blocking_rules = ", ".join(ctx.config.debugger.blocking_rules) or "none"
     fail = FailStep(
         name=FAIL_STEP_NAME,
+        # on="": the spaces are written out, so that no space lands before ")" or "." in the message
         error_message=Join(
-            on=" ",
+            on="",
             values=[
-                "Quality gate failed: test accuracy", accuracy, "(threshold", threshold,
-                "); blocking Debugger rules that found issues or could not judge:", blocking,
-                f"(blocking rules: {blocking_rules}):", reason, ".",
-                "See the evaluate and debug steps' reports.",
+                "Quality gate failed: test accuracy ", accuracy, " (threshold ", threshold,
+                "); blocking Debugger rules that found issues or could not judge: ", blocking,
+                f" (blocking rules: {blocking_rules}): ", reason,
+                ". See the evaluate and debug steps' reports.",
             ],
         ),  # fmt: skip
     )

@@ -209,6 +209,7 @@ def test_threshold_above_one_takes_the_fail_step_with_the_measured_accuracy(loca
     outputs = steps["evaluate"]["Properties"]["ProcessingOutputConfig"]["Outputs"]
     evaluation = local_run["store"].read_json(outputs[0]["S3Output"]["S3Uri"] + "/evaluation.json")
     accuracy = evaluation["multiclass_classification_metrics"]["accuracy"]["value"]
-    assert str(accuracy) in fail["FailureReason"] and "1.01" in fail["FailureReason"]
+    assert f"Quality gate failed: test accuracy {accuracy} (threshold 1.01); " in fail["FailureReason"]
+    assert fail["FailureReason"].endswith(". See the evaluate and debug steps' reports.")
     assert record["FailureReason"] == f"Step quality_gate_failed: {fail['FailureReason']}"
     assert steps["register-RegisterModel"]["StepStatus"] == "Skipped"
