@@ -163,7 +163,7 @@ def test_a_run_with_nothing_new_takes_every_job_step_from_the_cache_and_leaves_t
     assert summary.count(f"cache hit: {second['PipelineExecutionId']}") == len(JOB_STEPS)
     # the report's cache-hit column names the source execution of each job step
     report = write_report(retraining["executions"][2]["run_dir"]).read_text()
-    assert report.count(f"from {second['PipelineExecutionId']}") == len(JOB_STEPS)
+    assert report.count(f"<td>from {second['PipelineExecutionId']}</td>") == len(JOB_STEPS)
     # RegisterModel is never cached: version 3 of the very same artifacts and metrics
     two, three = _package(retraining, 1), _package(retraining, 2)
     assert three["ModelPackageVersion"] == 3 and steps["register-RegisterModel"]["CacheHitResult"] is None
