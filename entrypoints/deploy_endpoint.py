@@ -304,6 +304,17 @@ def outcome(sagemaker, arguments: dict) -> tuple[str, str | None]:
     return wait_for_outcome(sagemaker, arguments["endpoint_name"], arguments["endpoint_config_name"], 0.0)
 
 
+def callback_verdict(endpoint: str | None, status: str, reason: str | None) -> tuple[bool | None, str]:
+    """How the ``endpoint_outcome`` callback step ends for a deployment in ``status``: ``(True, "")`` succeeds,
+    ``(False, <FailureReason>)`` fails (at most 256 characters, SendPipelineExecutionStepFailure's limit),
+    ``(None, "")`` is still in progress. The one rule of the AWS function and of local mode."""
+    if status in SUCCEEDED_OUTCOMES:
+        return True, ""
+    if status in FAILED_OUTCOMES:
+        return False, f"endpoint {endpoint} {status}: {reason or ''}"[:256]
+    return None, ""
+
+
 def complete_callbacks(event: dict, sagemaker=None, sqs=None) -> dict:
     """Answer the pipeline's ``endpoint_outcome`` callback step for each SQS record of ``event``.
 
@@ -323,15 +334,15 @@ def complete_callbacks(event: dict, sagemaker=None, sqs=None) -> dict:
         token, arguments = message["token"], message.get("arguments") or {}
         status, reason = outcome(sagemaker, arguments)
         endpoint = arguments.get("endpoint_name")
+        succeeded, failure_reason = callback_verdict(endpoint, status, reason)
         try:
-            if status in SUCCEEDED_OUTCOMES:
+            if succeeded:
                 sagemaker.send_pipeline_execution_step_success(
                     CallbackToken=token, OutputParameters=[{"Name": "status", "Value": status},
                                                            {"Name": "reason", "Value": (reason or "")[:1024]}])
                 log.info("endpoint %s: %s (callback %s answered)", endpoint, status, token)
-            elif status in FAILED_OUTCOMES:
-                sagemaker.send_pipeline_execution_step_failure(
-                    CallbackToken=token, FailureReason=f"endpoint {endpoint} {status}: {reason or ''}"[:256])
+            elif succeeded is False:
+                sagemaker.send_pipeline_execution_step_failure(CallbackToken=token, FailureReason=failure_reason)
                 log.info("endpoint %s: %s (callback %s failed)", endpoint, status, token)
             else:
                 account, queue = record["eventSourceARN"].split(":")[4:6]

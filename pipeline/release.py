@@ -84,6 +84,8 @@ def outcome_queue_url(config: Config) -> str:
 #: (https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html); the function makes a message about
 #: an endpoint still in progress visible again sooner (deploy_endpoint.RECHECK_S).
 OUTCOME_QUEUE_RETENTION_S = 14 * 24 * 3600
+#: GetQueueUrl's error codes for a queue that does not exist (the query and the JSON protocol's names).
+MISSING_QUEUE_CODES = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 
 
 def upsert_outcome_queue(config: Config, session, function_arn: str) -> str:
@@ -105,7 +107,7 @@ def upsert_outcome_queue(config: Config, session, function_arn: str) -> str:
             url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
             sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
         except ClientError as error:
-            if _code(error) not in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+            if _code(error) not in MISSING_QUEUE_CODES:
                 raise
             url = sqs.create_queue(QueueName=name, Attributes=attributes, tags=dict(config.tags))["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -129,7 +131,7 @@ def delete_outcome_queue(config: Config, session) -> list[str]:
         try:
             url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
         except ClientError as error:
-            if _code(error) not in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+            if _code(error) not in MISSING_QUEUE_CODES:
                 raise
             return deleted
         queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]

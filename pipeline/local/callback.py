@@ -19,16 +19,16 @@ def answer(step_name: str, arguments: dict[str, Any]) -> StepOutcome:
     """The outcome of the callback step named ``step_name`` whose evaluated inputs are ``arguments`` (the deploy
     step's outputs ``endpoint_name``, ``endpoint_config_name``, ``status``, ``reason``); its outputs, as
     SendPipelineExecutionStepSuccess would set them, are the ``OutputParameters`` property."""
-    from deploy_endpoint import FAILED_OUTCOMES, SUCCEEDED_OUTCOMES
+    from deploy_endpoint import FAILED_OUTCOMES, SUCCEEDED_OUTCOMES, callback_verdict
 
     status, reason = str(arguments.get("status") or ""), str(arguments.get("reason") or "")
     endpoint = arguments.get("endpoint_name") or "?"
-    if status in SUCCEEDED_OUTCOMES:
+    succeeded, failure_reason = callback_verdict(endpoint, status, reason)
+    if succeeded:
         outputs = {"status": status, "reason": reason}
         return StepOutcome(StepStatus.SUCCEEDED, {"OutputParameters": outputs}, detail=f"endpoint {endpoint}: {status}")
-    if status in FAILED_OUTCOMES:
-        # SendPipelineExecutionStepFailure's FailureReason holds at most 256 characters
-        return StepOutcome(StepStatus.FAILED, failure_reason=f"endpoint {endpoint} {status}: {reason}"[:256])
+    if succeeded is False:
+        return StepOutcome(StepStatus.FAILED, failure_reason=failure_reason)
     return StepOutcome(StepStatus.FAILED, failure_reason=(
         f"{step_name}: the deploy step reported {status!r}, which local mode cannot wait for (its deploy step ends "
         f"every deployment); expected one of {', '.join(SUCCEEDED_OUTCOMES + FAILED_OUTCOMES)}"))
