@@ -161,15 +161,30 @@ def worker_count(setting: str, device: torch.device) -> int:
     return 0 if budget <= 4 else min(4, budget // 4)
 
 
+def data_cache_bytes() -> int:
+    """Memory for the datasets' caches of decoded images (:class:`imgclf.data.ImageFolderDataset`), in bytes, for
+    the whole process and its DataLoader workers: an eighth of the machine's memory, at most 1 GiB (a small data
+    set such as the bundled digits fits whole; ml.g4dn.xlarge has 16 GiB)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        memory = 8 << 30
+    return min(1 << 30, memory // 8)
+
+
 def build_loaders(args, classes, sizes, env: Distributed):
+    workers = worker_count(args.workers, env.device)
+    # each worker process fills its own copy of the cache; the training set gets most of the budget
+    budget = data_cache_bytes() // max(1, workers)
     train_set = data.ImageFolderDataset(
         args.train_dir, classes,
         presets.ClassificationPresetTrain(sizes["crop_size"], sizes["mean"], sizes["std"], args.augment,
-                                          resize_size=sizes["resize_size"]))
+                                          resize_size=sizes["resize_size"]),
+        cache_bytes=budget * 4 // 5)
     validation_set = data.ImageFolderDataset(
         args.validation_dir, classes,
-        presets.ClassificationPresetEval(sizes["crop_size"], sizes["resize_size"], sizes["mean"], sizes["std"]))
-    workers = worker_count(args.workers, env.device)
+        presets.ClassificationPresetEval(sizes["crop_size"], sizes["resize_size"], sizes["mean"], sizes["std"]),
+        cache_bytes=budget // 5)
     common = {"num_workers": workers, "pin_memory": env.device.type == "cuda", "persistent_workers": workers > 0}
     if workers > 0:
         common["prefetch_factor"] = 4

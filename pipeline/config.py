@@ -38,9 +38,11 @@ TUNABLE_HYPERPARAMETERS = ("lr", "batch-size", "epochs", "momentum", "weight-dec
 #: ``--model`` values train.py accepts (imgclf/models.py MODEL_NAMES; kept here so that loading the config does not
 #: import torch; a test checks that the two agree).
 MODEL_NAMES = (
-    "resnet18", "resnet34", "resnet50", *(f"efficientnet_b{i}" for i in range(8)), "mobilenet_v3_small",
+    "lenet", "resnet18", "resnet34", "resnet50", *(f"efficientnet_b{i}" for i in range(8)), "mobilenet_v3_small",
     "mobilenet_v3_large",
 )  # fmt: skip
+#: Models of imgclf/models.py that torchvision does not define, so no torchvision weights name fits them.
+MODELS_WITHOUT_TORCHVISION_WEIGHTS = ("lenet",)
 #: ``--weights`` values meaning random initialisation (imgclf/models.py build_model).
 NO_WEIGHTS = ("none", "", "null", "random")
 #: What train.py's argument parsing (train.py parse_args, imgclf/presets.py, imgclf/precision.py) accepts for each
@@ -214,6 +216,9 @@ class Training(_Model):
         weights = self.weights.strip()
         if weights.lower() in NO_WEIGHTS or "/" in weights or weights.endswith((".pth", ".pt")):
             return self
+        if self.model in MODELS_WITHOUT_TORCHVISION_WEIGHTS:
+            raise ValueError(f"weights {weights!r}: {self.model} has no torchvision weights (use none, or a .pth "
+                             "state_dict: a path or a file in the weights channel)")
         from torchvision.models import get_model_weights
 
         enum = get_model_weights(self.model)
@@ -750,12 +755,13 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
     if not isinstance(local_block, dict):
         raise ConfigError(f"{path}: local: expected a mapping of overrides")
     overrides = list(overrides)
-    config = _validate(apply_overrides(data, overrides), path.name, overrides)
-    # the local block is validated on every load, so a mistake in it shows before the first local run
-    local_config = _validate(
-        apply_overrides(deep_merge(data, local_block), overrides), f"{path.name} (local:)", overrides
-    )
-    return local_config if local else config
+    # Both views of the file are validated on every load, so a mistake in the local block shows before the first
+    # local run; the overrides apply to the view that this command uses only (--set training.model=lenet for a
+    # local run need not fit the AWS view's ImageNet weights).
+    aws = _validate(apply_overrides(data, [] if local else overrides), path.name, [] if local else overrides)
+    local_config = _validate(apply_overrides(deep_merge(data, local_block), overrides if local else []),
+                             f"{path.name} (local:)", overrides if local else [])
+    return local_config if local else aws
 
 
 def _validate(data: dict, source: str, overrides: list[str]) -> Config:

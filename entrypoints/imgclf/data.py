@@ -151,17 +151,24 @@ def iter_class_files(class_dir: Path):
 class ImageFolderDataset(torch.utils.data.Dataset):
     """An ImageFolder tree as ``(image tensor, class index)`` pairs, with the class index fixed by ``classes``.
 
+    Every epoch reads the same files: with ``cache_bytes`` > 0 the dataset keeps what it computed for an image in
+    memory, up to that many bytes, so that later epochs skip the decode and, for a preset of
+    :mod:`imgclf.presets`, its ``deterministic_part`` (resize, crop; all of it without augmentation): only its
+    ``random_part`` runs again. Images past the budget are read from disk each time. Under DataLoader workers each
+    worker process holds its own cache: divide the budget among them.
+
     Args:
         root: the tree (e.g. ``SM_CHANNEL_TRAIN``).
         classes: class names in index order (from the training channel), so a validation or test tree that lacks a
             class still maps every label to the training index.
         transform: applied to the ``uint8`` ``(3, H, W)`` tensor (a preset from :mod:`imgclf.presets`).
+        cache_bytes: the most memory this dataset's cache may hold, in bytes (default 0: no cache).
 
     Raises:
         ValueError: the tree holds a class that is not in ``classes``, or no image at all.
     """
 
-    def __init__(self, root: str | os.PathLike, classes: list[str], transform=None):
+    def __init__(self, root: str | os.PathLike, classes: list[str], transform=None, cache_bytes: int = 0):
         self.root = Path(root)
         self.classes = list(classes)
         self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
@@ -178,13 +185,33 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise ValueError(f"no images under {self.root}: expected <class>/<image> files (ImageFolder layout)")
         self.targets = [target for _, target in self.samples]
         self.transform = transform
+        self.cache_bytes = max(0, int(cache_bytes))
+        self._cache: dict[int, torch.Tensor] = {}
+        self._cached_bytes = 0
+        # what is the same every epoch is cached; a plain callable counts as random (runs every time)
+        if transform is None or hasattr(transform, "deterministic_part"):
+            self._fixed = getattr(transform, "deterministic_part", None)
+            self._random = getattr(transform, "random_part", None)
+        else:
+            self._fixed, self._random = None, transform
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
-        image = read_image_tensor(path)
-        if self.transform is not None:
-            image = self.transform(image)
+        image = self._cache.get(index)
+        if image is None:
+            image = read_image_tensor(path)
+            if self._fixed is not None:
+                image = self._fixed(image)
+            self._keep(index, image)
+        if self._random is not None:
+            image = self._random(image)
         return image, target
+
+    def _keep(self, index: int, image: torch.Tensor) -> None:
+        size = image.numel() * image.element_size()
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[index] = image
+            self._cached_bytes += size

@@ -20,38 +20,48 @@ AUGMENTATIONS = ("none", "light", "standard")
 
 
 class ClassificationPresetTrain:
-    """Training transforms.
+    """Training transforms, in two parts: :attr:`deterministic_part` (the same output for the same image every
+    epoch, so a dataset may cache it) then :attr:`random_part` (drawn anew each time; None without augmentation).
 
     Args:
         crop_size: side of the square output, in pixels.
         mean, std: per-channel normalisation.
-        augment: ``none`` (resize and centre crop, as evaluation), ``light`` (RandomResizedCrop with scale
-            0.6-1.0, no flip: keeps digits and text readable), ``standard`` (torchvision reference: RandomResizedCrop
-            scale 0.08-1.0 and horizontal flip 0.5, for natural photos).
-        resize_size: resize of the shorter side for ``none`` (default: ``crop_size``).
+        augment: ``none`` (resize and centre crop, as evaluation), ``light`` (resize and centre crop, then a
+            random shift of up to 1/14 of the side, zero-filled: torchvision's ``RandomCrop`` with padding, the
+            classic augmentation of MNIST and CIFAR; no flip, so digits and text stay readable), ``standard``
+            (torchvision reference: RandomResizedCrop scale 0.08-1.0 and horizontal flip 0.5, for natural photos).
+        resize_size: resize of the shorter side for ``none`` and ``light`` (default: ``crop_size``).
     """
 
     def __init__(self, crop_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, augment: str = "light",
                  resize_size: int | None = None):
         if augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
+        to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+        fit = [v2.Resize(resize_size or crop_size, antialias=True), v2.CenterCrop(crop_size)]
         if augment == "none":
-            geometry = [v2.Resize(resize_size or crop_size, antialias=True), v2.CenterCrop(crop_size)]
+            self.deterministic_part, self.random_part = v2.Compose([*fit, *to_float]), None
         elif augment == "light":
-            geometry = [v2.RandomResizedCrop(crop_size, scale=(0.6, 1.0), ratio=(0.85, 1.18), antialias=True)]
+            shift = v2.RandomCrop(crop_size, padding=max(1, crop_size // 14))
+            self.deterministic_part, self.random_part = v2.Compose(fit), v2.Compose([shift, *to_float])
         else:
-            geometry = [v2.RandomResizedCrop(crop_size, antialias=True), v2.RandomHorizontalFlip(0.5)]
-        self.transforms = v2.Compose([*geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+            self.deterministic_part = v2.Identity()
+            self.random_part = v2.Compose([v2.RandomResizedCrop(crop_size, antialias=True),
+                                           v2.RandomHorizontalFlip(0.5), *to_float])
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return self.transforms(image)
+        image = self.deterministic_part(image)
+        return image if self.random_part is None else self.random_part(image)
 
 
 class ClassificationPresetEval:
-    """Evaluation and inference transforms: resize the shorter side to ``resize_size``, centre-crop ``crop_size``."""
+    """Evaluation and inference transforms: resize the shorter side to ``resize_size``, centre-crop ``crop_size``.
+    All of it is :attr:`deterministic_part` (``random_part`` is None), as in :class:`ClassificationPresetTrain`."""
+
+    random_part = None
 
     def __init__(self, crop_size: int, resize_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        self.transforms = v2.Compose([
+        self.deterministic_part = v2.Compose([
             v2.Resize(resize_size, antialias=True),
             v2.CenterCrop(crop_size),
             v2.ToDtype(torch.float32, scale=True),
@@ -59,7 +69,7 @@ class ClassificationPresetEval:
         ])
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return self.transforms(image)
+        return self.deterministic_part(image)
 
 
 def eval_sizes(image_size: int, weights_metadata: dict | None) -> dict:

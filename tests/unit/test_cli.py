@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -256,7 +257,26 @@ def test_own_photos_train_at_the_configured_size_and_make_run_sets_the_digits_si
     assert load_config(local=True).training.image_size == load_config().training.image_size == 224
     run_target = re.search(r"^run:.*?(?=^\S)", (ROOT / "Makefile").read_text(), re.S | re.M).group(0)
     assert "run-local --data data/digits $(DIGITS_SETTINGS)" in run_target
-    assert re.search(r"^DIGITS_SETTINGS := --set training.image_size=28$", (ROOT / "Makefile").read_text(), re.M)
+    assert digits_config().training.image_size == 28
+
+
+def digits_config():
+    """The local config that `make run` trains the bundled digits with: the Makefile's DIGITS_SETTINGS applied."""
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    words = shlex.split(re.search(r"^DIGITS_SETTINGS := (.*)$", makefile, re.M).group(1))
+    assert words[::2] == ["--set"] * (len(words) // 2), words
+    return load_config(local=True, overrides=words[1::2])
+
+
+def test_make_run_trains_lenet_from_scratch_on_the_digits_while_the_aws_view_keeps_imagenet_weights():
+    """`--set training.model=lenet` applies to the local view only: the AWS view's ImageNet weights (which lenet
+    does not have) are no reason to refuse a local run."""
+    config = digits_config()
+    assert (config.training.model, config.training.weights) == ("lenet", "none")
+    assert config.training.hyperparameters["augment"] == "light"
+    assert load_config().training.weights == "IMAGENET1K_V2"
+    with pytest.raises(ConfigError, match=r"lenet has no torchvision weights"):
+        load_config(overrides=["training.model=lenet"])  # the AWS view with its ImageNet weights
 
 
 def test_the_estimate_is_measured_at_the_chosen_size():
