@@ -27,7 +27,8 @@ from pipeline.serving.server import start_in_background
 pytestmark = pytest.mark.slow
 
 INPUT_URI = "s3://sagemaker-image-classification/data/local-test-digits"
-# Small and fast: two 1-epoch tuning trials at 16 px; no rule blocks the gate so a 1-epoch model can register.
+# Small and fast: two 1-epoch tuning trials of the LeNet at 16 px; no rule blocks the gate so a 1-epoch model can
+# register.
 SETTINGS = [
     "--set",
     "tuning.max_jobs=2",
@@ -39,6 +40,8 @@ SETTINGS = [
     "tuning.ranges.epochs.max=1",
     "--set",
     "training.image_size=16",
+    "--set",
+    "training.model=lenet",
     "--set",
     "debugger.blocking_rules=[]",
 ]

@@ -36,11 +36,12 @@ PER_CLASS = 20
 FIRST_PER_CLASS = 5  # execution 1: 3 train, 1 validation, 1 test image per digit (split.py keeps one of each)
 JOB_STEPS = ("split", "tune", "train", "debug", "evaluate")
 SPLITS = ("train", "validation", "test")
-# Small: one tuning job, 28 px, a few epochs (enough for a model that tells a 9 from the rest on its own images).
+# Small: one tuning job of the LeNet, 28 px, a few epochs (enough for a model that tells a 9 from the rest on its
+# own images).
 # No smdebug hook in train (the debug step still runs its job; no rule blocks, none is asserted on) and no --amp
 # probe: neither is what this module tests, and both cost training time.
 SETTINGS = [
-    "--set", "training.image_size=28",
+    "--set", "training.image_size=28", "--set", "training.model=lenet",
     "--set", "tuning.max_jobs=1", "--set", "tuning.max_parallel_jobs=1",
     "--set", "tuning.ranges.epochs.min=5", "--set", "tuning.ranges.epochs.max=5",
     "--set", "tuning.ranges.batch-size.values=[16]",

@@ -36,7 +36,8 @@ BUCKET = "s3://sagemaker-image-classification"
 EPOCHS = 1
 SETTINGS = [
     "tuning.max_jobs=1", "tuning.max_parallel_jobs=1", f"tuning.ranges.epochs.min={EPOCHS}",
-    f"tuning.ranges.epochs.max={EPOCHS}", "training.image_size=16", "debugger.blocking_rules=[]",
+    f"tuning.ranges.epochs.max={EPOCHS}", "training.image_size=16", "training.model=lenet",
+    "debugger.blocking_rules=[]",
     "training.hyperparameters.debugger=false", "training.hyperparameters.amp=false", "deploy.enabled=false",
 ]  # fmt: skip
 EXECUTION_ID = {"Get": "Execution.PipelineExecutionId"}

@@ -25,6 +25,7 @@ INPUT_URI = "s3://sagemaker-image-classification/data/tracking-test-digits"
 SETTINGS = ["--set", "tuning.max_jobs=2", "--set", "tuning.max_parallel_jobs=2",
             "--set", "tuning.ranges.epochs.min=2", "--set", "tuning.ranges.epochs.max=2",
             "--set", "tuning.ranges.batch-size.values=[32]", "--set", "training.image_size=16",
+            "--set", "training.model=lenet",
             "--set", "debugger.blocking_rules=[]", "--param", "AccuracyThreshold=0.0",
             "--param", f"InputDataUri={INPUT_URI}"]  # fmt: skip
 #: The order of train.py's metric line (its history record), epoch first.

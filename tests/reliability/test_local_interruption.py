@@ -26,7 +26,8 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 TRIALS = 2
-SETTINGS = ["--set", "training.image_size=16", "--set", f"tuning.max_jobs={TRIALS}", "--set",
+SETTINGS = ["--set", "training.image_size=16", "--set", "training.model=lenet",
+            "--set", f"tuning.max_jobs={TRIALS}", "--set",
             "tuning.max_parallel_jobs=1", "--set", "tuning.ranges.epochs.min=1", "--set", "tuning.ranges.epochs.max=1",
             "--set", "tuning.early_stopping='Off'", "--set", "training.hyperparameters.debugger=false",
             "--set", "training.hyperparameters.amp=false"]

@@ -121,3 +121,24 @@ def test_arrows_touch_their_boxes_and_never_cross(graph, project_steps):
             inside = patches[text.get_gid()].get_window_extent(renderer)
             label = text.get_window_extent(renderer)
             assert inside.x0 <= label.x0 and label.x1 <= inside.x1 and inside.y0 <= label.y0 and label.y1 <= inside.y1
+
+
+def test_step_times_axis_is_labelled_when_every_step_takes_10_to_100_ms():
+    """The utilization figure's step-time axis (symlog): steps of 18-45 ms, as the digits' LeNet runs, once showed
+    no number on the axis at all (symlog labels only powers of ten)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.local.report.plots import draw_step_times
+
+    steps = [{"step": i, "data_seconds": 0.018 + 0.002 * (i % 3), "compute_seconds": 0.045 - 0.001 * (i % 5)}
+             for i in range(50)]  # fmt: skip
+    fig, ax = plt.subplots()
+    draw_step_times(ax, steps)
+    fig.canvas.draw()
+    low, high = ax.get_ylim()
+    shown = [t.get_text() for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high and t.get_text()]
+    plt.close(fig)
+    assert len(shown) >= 2, shown

@@ -156,7 +156,6 @@ def plot_history(epochs: list[dict]) -> str:
 
 def plot_utilization(samples: list[dict], steps: list[dict]) -> str:
     """CPU, memory and GPU % over time; below it, data-loading and compute time per training step."""
-    from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
     rows = 2 if steps else 1
@@ -177,17 +176,27 @@ def plot_utilization(samples: list[dict], steps: list[dict]) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     if steps:
-        ax2 = axes[1][0]
-        index = [s.get("step", i) for i, s in enumerate(steps)]
-        ax2.plot(index, [s["data_seconds"] * 1000 for s in steps], label="data loading (ms)")
-        ax2.plot(index, [s["compute_seconds"] * 1000 for s in steps], label="compute (ms)")
-        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax2.set_xlabel("training step")
-        ax2.set_ylabel("milliseconds")
-        ax2.set_yscale("symlog", linthresh=1)
-        ax2.grid(alpha=0.3)
-        ax2.legend(fontsize=8)
+        draw_step_times(axes[1][0], steps)
     return _png(fig)
+
+
+def draw_step_times(ax, steps: list[dict]) -> None:
+    """Data-loading and compute milliseconds per training step (``steps``: the profiler's ``data_seconds`` and
+    ``compute_seconds`` per step) on a symlog axis, labelled at 1, 2, 3 and 5 times each power of ten."""
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, SymmetricalLogLocator
+
+    index = [s.get("step", i) for i, s in enumerate(steps)]
+    ax.plot(index, [s["data_seconds"] * 1000 for s in steps], label="data loading (ms)")
+    ax.plot(index, [s["compute_seconds"] * 1000 for s in steps], label="compute (ms)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("milliseconds")
+    ax.set_yscale("symlog", linthresh=1)
+    # symlog labels powers of ten only: a run whose steps all take 10-100 ms would show no number at all
+    ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1, subs=(1, 2, 3, 5)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def plot_confusion(labels: list[str], matrix: list[list[int]]) -> str:
