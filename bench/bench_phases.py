@@ -1,4 +1,4 @@
-"""Row 7: where one epoch of the local pipeline's training goes (``make run``: 28-px digits, resnet18, batch 64).
+"""Row 7: where one epoch of the local pipeline's training goes (``make run``: 28-px digits, lenet, batch 32).
 
 Each phase is timed in CPU seconds of this process (``time.process_time``) with ``--workers 0`` and the bench's
 torch threads (1 by default): on a shared host, CPU time is what a phase costs, while wall time also counts the
@@ -43,7 +43,7 @@ class _Batches:
 
 
 def row_epoch_phases(threads: int, steps: int = 8, per_class: int = 500, image_size: int = 28,
-                     batch_size: int = 64) -> list[Result]:
+                     batch_size: int = 32, model: str = "lenet") -> list[Result]:
     """Row 7 (see the module docstring): shares of one epoch on ``per_class`` x 10 bundled digits (80% training,
     10% validation, as the split step makes them), timed over ``steps`` batches."""
     import train as train_script
@@ -63,7 +63,7 @@ def row_epoch_phases(threads: int, steps: int = 8, per_class: int = 500, image_s
                 for path in chosen:
                     os.link(path, scratch / target / class_dir.name / path.name)
         argv = ["--train-dir", str(scratch / "train"), "--validation-dir", str(scratch / "validation"),
-                "--image-size", str(image_size), "--batch-size", str(batch_size), "--epochs", "7",
+                "--model", model, "--image-size", str(image_size), "--batch-size", str(batch_size), "--epochs", "6",
                 "--threads", str(threads), "--workers", "0", "--debug-save-interval", "5",
                 "--model-dir", str(scratch / "model"), "--output-data-dir", str(scratch / "output"),
                 "--checkpoint-dir", str(scratch / "checkpoints")]
