@@ -156,7 +156,6 @@ def plot_history(epochs: list[dict]) -> str:
 
 def plot_utilization(samples: list[dict], steps: list[dict]) -> str:
     """CPU, memory and GPU % over time; below it, data-loading and compute time per training step."""
-
     plt = _pyplot()
     rows = 2 if steps else 1
     fig, axes = plt.subplots(rows, 1, figsize=(10, 2.8 * rows), squeeze=False)
