@@ -95,7 +95,7 @@ def row_epoch_phases(threads: int, steps: int = 8, per_class: int = 500, image_s
                                           "at start-up")
     data, step, hook, forward = data_s / steps, step_s / steps, hook_s / steps, forward_s / 3
     epoch = full_steps * (data + step) + validation_s + checkpoint_s
-    where = (f"resnet18, {image_size} px, batch {batch_size}, {full_steps} steps per epoch, amp {amp}, {threads} "
+    where = (f"{model}, {image_size} px, batch {batch_size}, {full_steps} steps per epoch, amp {amp}, {threads} "
              f"threads, --workers 0; CPU seconds (process_time) over {steps} batches")
     shares = [
         ("data (decode, transforms, collate)", full_steps * data, f"{data * 1000:.0f} ms per batch"),
