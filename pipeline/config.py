@@ -758,9 +758,10 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
     # Both views of the file are validated on every load, so a mistake in the local block shows before the first
     # local run; the overrides apply to the view that this command uses only (--set training.model=lenet for a
     # local run need not fit the AWS view's ImageNet weights).
-    aws = _validate(apply_overrides(data, [] if local else overrides), path.name, [] if local else overrides)
-    local_config = _validate(apply_overrides(deep_merge(data, local_block), overrides if local else []),
-                             f"{path.name} (local:)", overrides if local else [])
+    aws_overrides, local_overrides = ([], overrides) if local else (overrides, [])
+    aws = _validate(apply_overrides(data, aws_overrides), path.name, aws_overrides)
+    local_config = _validate(apply_overrides(deep_merge(data, local_block), local_overrides), f"{path.name} (local:)",
+                             local_overrides)
     return local_config if local else aws
 
 
